@@ -1,0 +1,63 @@
+# fracture: `make demo` trains and explains a model on synthetic MURA-format data; `make test` runs
+# every test, notebooks included. Both create .venv and install what they need on first use.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYNTH := data/synthetic/MURA-v1.1
+export KERAS_BACKEND ?= tensorflow
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=python3.x)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv with TensorFlow-CPU, JAX, PyTorch-CPU and the test tools
+
+browser: ## install Debian's Chromium for the web-app browser test (needs root/apt; skipped tests say so otherwise)
+	@if command -v chromium >/dev/null; then echo "chromium present: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		&& echo "installed $$(chromium --version)"; \
+	else echo "chromium not installed and no root apt: the browser test will be skipped with that reason"; fi
+
+$(SYNTH)/train_image_paths.csv: | $(STAMP)
+	$(PY) -m fracture synth --out data/synthetic --patients 160 --seed 0
+
+data: $(SYNTH)/train_image_paths.csv ## generate the synthetic MURA-format dataset in data/synthetic
+
+demo: $(STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> CAM panels in layer_outputs/
+	$(PY) -m fracture train --config configs/demo.yaml
+	$(PY) -m fracture evaluate --split test
+	$(PY) -m fracture cam --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
+
+test: $(STAMP) browser ## unit tests, then the notebooks with pytest --nbval
+	$(PY) -m pytest tests -q
+	$(PY) -m pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
+
+notebooks: $(STAMP) data ## re-execute the notebooks top to bottom with the smoke profile and save outputs
+	for nb in notebooks/*.ipynb; do \
+		FRACTURE_NOTEBOOK_PROFILE=smoke $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=900 --ExecutePreprocessor.kernel_name=python3 $$nb || exit 1; done
+
+benchmarks: $(STAMP) data ## throughput and CAM-cost benchmarks (results in docs/benchmarks.md)
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/cam.py
+
+mlflow-ui: $(STAMP) ## browse the experiment store at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui
+
+clean: ## remove generated data, runs, maps and caches (not .venv)
+	rm -rf data/synthetic data/processed saved_models/*/ layer_outputs/*/ mlruns .pytest_cache
+
+.PHONY: help venv browser data demo test notebooks benchmarks mlflow-ui clean

@@ -1,0 +1,143 @@
+"""`python -m fracture <verb>`: a dict of verbs, each a thin call into the package.
+
+Config and arguments are checked before Keras is imported, so mistakes answer in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fracture import config as config_lib
+from fracture.errors import FractureError
+
+
+def _config(args):
+    return config_lib.load(args.config, args.overrides)
+
+
+def cmd_synth(args):
+    from fracture.synth import generate
+
+    root = generate(args.out, patients=args.patients, seed=args.seed,
+                    study_types=tuple(args.study_types.split(",")), max_size=args.max_size)
+    print(f"synthetic MURA-format data: {root}")
+
+
+def cmd_train(args):
+    cfg = _config(args)
+    from fracture.train import train
+
+    run_dir = train(cfg)
+    print(f"run folder: {run_dir}")
+
+
+def cmd_evaluate(args):
+    from fracture.evaluate import evaluate, format_table
+    from fracture.model import load_run
+
+    run = load_run(args.run)
+    cfg = config_lib.update(run.config, config_lib.parse_overrides(args.overrides)) if args.overrides else None
+    scores = evaluate(run, cfg, split=args.split)
+    print(f"{args.split} split, run {run.name}:")
+    print(format_table(scores))
+
+
+def cmd_predict(args):
+    from fracture.evaluate import predict_paths
+    from fracture.model import load_run
+
+    run = load_run(args.run)
+    table = predict_paths(run, args.images)
+    with _pandas_wide():
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def _pandas_wide():
+    import pandas as pd
+
+    return pd.option_context("display.max_colwidth", None, "display.width", 200)
+
+
+def add_config_arguments(parser):
+    parser.add_argument("--config", help="YAML file of config keys (see README)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fracture", description="Humerus fracture detection on MURA X-rays (Keras 3).")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("synth", help="generate a synthetic MURA-format dataset")
+    p.add_argument("--out", default="data/synthetic", help="folder to write MURA-v1.1/ into")
+    p.add_argument("--patients", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--study-types", default="XR_HUMERUS", help="comma list of XR_* types")
+    p.add_argument("--max-size", type=int, default=512, help="long side of the largest images, px")
+    p.set_defaults(func=cmd_synth)
+
+    p = verbs.add_parser("train", help="train a model; writes saved_models/<run>/")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("evaluate", help="re-evaluate a run at image and study level")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data_dir=... to evaluate on other data")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("predict", help="fracture probability for image files or folders")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser("cam", help="class activation maps (and --evaluate for localization scores)")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--images", nargs="*", default=[], help="image files or folders (default: a few test images)")
+    p.add_argument("--layers", default="relu", help="comma list of layer names")
+    p.add_argument("--methods", default="gradcam", help="comma list: gradcam,gradcampp,layercam,hirescam,scorecam")
+    p.add_argument("--target", default="fracture", choices=["fracture", "normal"])
+    p.add_argument("--out", default="layer_outputs", help="folder for layer_outputs/<run>/<image>/...")
+    p.add_argument("--evaluate", action="store_true", help="pointing game, energy-in-box, deletion/insertion")
+    p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    p.set_defaults(func=_delegate("fracture.cam", "cli_cam"))
+
+    p = verbs.add_parser("serve", help="web app: upload an X-ray, get probability + CAM")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_delegate("fracture.app", "cli_serve"))
+
+    p = verbs.add_parser("runs", help="best MLflow runs as a table")
+    p.add_argument("--sort", default="test_study_auc", help="metric to sort by (descending)")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--experiment", default="fracture")
+    p.set_defaults(func=_delegate("fracture.tracking", "cli_runs"))
+    return parser
+
+
+def _delegate(module: str, function: str):
+    """A verb implemented next to its feature; imported only when that verb runs."""
+
+    def run(args):
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if hasattr(args, "overrides") and args.verb != "evaluate":
+            config_lib.parse_overrides(args.overrides)  # unknown keys fail before heavy imports
+        args.func(args)
+    except FractureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,379 @@
+"""Image indexes (MURA tree, class folders), patient-level split, decode-once cache, batches.
+
+Every reader returns the same table: one row per image with columns
+path, label, patient, study, study_type, split. Labels are taken from the same loop that
+collects the paths, so a skipped file can never shift a label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fracture.errors import DataError, ImageError
+
+log = logging.getLogger(__name__)
+
+STUDY_TYPES = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
+COLUMNS = ["path", "label", "patient", "study", "study_type", "split"]
+MURA_SPLITS = {"train": "train", "valid": "test"}  # MURA's own test set is hidden: valid is our test
+
+
+def is_image_file(path: Path) -> bool:
+    """Real images only: macOS junk (`._image1.png`, `.DS_Store`) and other files are skipped."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+# --------------------------------------------------------------------------------------------
+# MURA v1.1
+# --------------------------------------------------------------------------------------------
+def find_mura_root(data_dir) -> Path:
+    """Accept either the MURA-v1.1 folder itself or a folder that contains it."""
+    data_dir = Path(data_dir)
+    for candidate in (data_dir, data_dir / "MURA-v1.1"):
+        if (candidate / "train").is_dir() or (candidate / "valid").is_dir():
+            return candidate
+    raise DataError(
+        f"no MURA v1.1 data at '{data_dir}'. Register at https://stanfordmlgroup.github.io/competitions/mura/, "
+        "unpack MURA-v1.1.zip so that data/MURA-v1.1/train/XR_HUMERUS/... exists, "
+        "or run `python -m fracture synth --out data/synthetic` and set data_dir=data/synthetic/MURA-v1.1."
+    )
+
+
+def parse_study_types(study_type: str) -> tuple[str, ...]:
+    if study_type.strip().lower() == "all":
+        return STUDY_TYPES
+    wanted = tuple(s.strip().upper() for s in study_type.split(",") if s.strip())
+    bad = [s for s in wanted if s not in STUDY_TYPES]
+    if bad or not wanted:
+        raise DataError(f"unknown study_type {bad or study_type!r}: use one of {', '.join(STUDY_TYPES)} or 'all'")
+    return wanted
+
+
+def _read_headerless(path: Path, names: list[str]) -> pd.DataFrame:
+    return pd.read_csv(path, header=None, names=names, dtype=str, keep_default_na=False)
+
+
+def _mura_rows(root: Path, folder: str, study_types: tuple[str, ...]) -> list[dict]:
+    """Image rows of one MURA split; the image-paths CSV is the file list when present."""
+    csv = root / f"{folder}_image_paths.csv"
+    if csv.is_file():
+        rel = _read_headerless(csv, ["path"])["path"]
+        paths = [root.parent / p for p in rel]
+    else:
+        paths = sorted((root / folder).glob("XR_*/patient*/study*/*"))
+    rows = []
+    for path in paths:
+        if not is_image_file(path):
+            continue
+        study_dir, patient_dir, type_dir = path.parent, path.parent.parent, path.parent.parent.parent
+        if type_dir.name not in study_types:
+            continue
+        outcome = study_dir.name.rsplit("_", 1)[-1]
+        if outcome not in ("positive", "negative"):
+            raise DataError(f"study folder '{study_dir}' does not end in _positive or _negative")
+        rows.append(
+            dict(
+                path=str(path),
+                label=int(outcome == "positive"),
+                patient=patient_dir.name,
+                study=f"{root.name}/{folder}/{type_dir.name}/{patient_dir.name}/{study_dir.name}/",
+                study_type=type_dir.name,
+                split=MURA_SPLITS[folder],
+            )
+        )
+    return rows
+
+
+def _cross_check_studies(root: Path, folder: str, frame: pd.DataFrame) -> None:
+    """Folder-name labels must agree with `<split>_labeled_studies.csv`; a conflict names the study."""
+    csv = root / f"{folder}_labeled_studies.csv"
+    if not csv.is_file() or frame.empty:
+        return
+    listed = _read_headerless(csv, ["study", "label"])
+    listed_label = dict(zip(listed["study"], listed["label"].astype(int)))
+    for study, label in frame.groupby("study")["label"].first().items():
+        if study in listed_label and listed_label[study] != label:
+            raise DataError(
+                f"label conflict for study {study}: folder name says {label}, "
+                f"{csv.name} says {listed_label[study]}"
+            )
+
+
+def index_mura(data_dir, study_type: str = "XR_HUMERUS") -> pd.DataFrame:
+    root = find_mura_root(data_dir)
+    study_types = parse_study_types(study_type)
+    frames = []
+    for folder in MURA_SPLITS:
+        frame = pd.DataFrame(_mura_rows(root, folder, study_types), columns=COLUMNS)
+        _cross_check_studies(root, folder, frame)
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    if out.empty:
+        raise DataError(f"no {', '.join(study_types)} images found under {root}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# <root>/{train,val,test}/<class>/*.png
+# --------------------------------------------------------------------------------------------
+FOLDER_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def index_folders(data_dir, positive_class: str = "fractured") -> pd.DataFrame:
+    """Class-folder layout. No patient ids exist there, so each image is its own patient/study."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    rows, classes = [], set()
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        split = FOLDER_SPLITS.get(split_dir.name.lower())
+        if split is None:
+            continue
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            classes.add(class_dir.name)
+            for path in sorted(class_dir.iterdir()):
+                if is_image_file(path):
+                    study = f"{split_dir.name}/{class_dir.name}/{path.stem}"
+                    rows.append(dict(path=str(path), label=int(class_dir.name == positive_class),
+                                     patient=study, study=study, study_type="", split=split))
+    if positive_class not in classes:
+        raise DataError(
+            f"positive_class '{positive_class}' is not a class folder under {root}/<split>/ "
+            f"(found: {', '.join(sorted(classes)) or 'none'}); set positive_class=<folder name>"
+        )
+    if len(classes) != 2:
+        raise DataError(f"expected two class folders under {root}/<split>/, found {sorted(classes)}")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------
+# splits
+# --------------------------------------------------------------------------------------------
+def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+    """Move a seeded share of training *patients* to 'val' (no patient on both sides)."""
+    frame = frame.copy()
+    if (frame["split"] == "val").any():
+        return frame  # the layout already has a validation split
+    train = frame[frame["split"] == "train"]
+    patients = np.array(sorted(train["patient"].unique()))
+    if len(patients) < 2:
+        raise DataError("need at least two training patients to carve out a validation split")
+    rng = np.random.default_rng(seed)
+    n_val = min(len(patients) - 1, max(1, round(val_fraction * len(patients))))
+    val_patients = set(rng.choice(patients, size=n_val, replace=False))
+    frame.loc[(frame["split"] == "train") & frame["patient"].isin(val_patients), "split"] = "val"
+    return frame
+
+
+def load_index(cfg) -> pd.DataFrame:
+    """The image table for a config: read the source, then split train/val by patient."""
+    if cfg.data_format == "folders":
+        frame = index_folders(cfg.data_dir, cfg.positive_class)
+    else:
+        frame = index_mura(cfg.data_dir, cfg.study_type)
+    return split_by_patient(frame, cfg.val_fraction, cfg.seed)
+
+
+def describe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Counts of images, studies and patients per split and label."""
+    grouped = frame.groupby(["split", "label"])
+    return pd.DataFrame({
+        "images": grouped.size(),
+        "studies": grouped["study"].nunique(),
+        "patients": grouped["patient"].nunique(),
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# decoding and the decode-once cache
+# --------------------------------------------------------------------------------------------
+def read_gray(path) -> np.ndarray:
+    """Any PNG/JPEG/DICOM, any bit depth or channel count -> 2-D uint8 grayscale."""
+    import cv2
+
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        image = _read_dicom(path)
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(f"cannot decode image {path}")
+    return to_gray_uint8(image)
+
+
+def decode_bytes(data: bytes) -> np.ndarray:
+    """Decode an uploaded file (PNG, JPEG, DICOM...) held in memory to uint8 grayscale."""
+    import cv2
+
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return to_gray_uint8(_read_dicom(data))
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError("not a readable image (PNG, JPEG, BMP, TIFF or DICOM expected)")
+    return to_gray_uint8(image)
+
+
+def _read_dicom(source) -> np.ndarray:
+    import io
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+        image = ds.pixel_array.astype(np.float32)
+    except Exception as exc:  # pydicom raises many types for a broken file
+        raise ImageError(f"cannot read DICOM: {exc}") from exc
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        image = image.max() - image  # MONOCHROME1 stores bone dark; flip to the usual look
+    return image
+
+
+def to_gray_uint8(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    if image.ndim != 2 or image.size == 0:
+        raise ImageError(f"unexpected image shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    image = image.astype(np.float32)
+    lo, hi = float(image.min()), float(image.max())
+    scaled = (image - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(image)
+    return scaled.round().astype(np.uint8)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    interpolation = cv2.INTER_AREA if max(image.shape) > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def cache_key(paths, size: int) -> str:
+    """Key = ordered file list, each file's size and mtime, and the target size."""
+    digest = hashlib.sha1(f"size={size}".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"\n{p}|{stamp}".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_images(paths, size: int, cache_dir=None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Decode `paths` once to (N, size, size, 1) uint8; later calls read the cached array.
+
+    Returns (images, ok, skipped): `ok` marks the images that decoded, `skipped` lists the others
+    with the reason. Rows stay aligned with `paths` (a failed file is a zero image with ok=False).
+    """
+    paths = [str(p) for p in paths]
+    cache_file = None
+    if cache_dir:
+        cache_file = Path(cache_dir) / f"{cache_key(paths, size)}.npz"
+        if cache_file.is_file():
+            with np.load(cache_file, allow_pickle=False) as stored:
+                images, ok = stored["images"], stored["ok"]
+            return images, ok, _skipped_frame(paths, ok, stored_reasons(cache_file))
+    images = np.zeros((len(paths), size, size, 1), np.uint8)
+    ok = np.ones(len(paths), bool)
+    reasons = {}
+    progress = _progress(len(paths))
+    for i, path in enumerate(paths):
+        try:
+            images[i, :, :, 0] = resize(read_gray(path), size)
+        except (ImageError, OSError) as exc:
+            ok[i] = False
+            reasons[path] = str(exc)
+            log.warning("skipping unreadable image %s: %s", path, exc)
+        if progress:
+            progress.update(i + 1)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images, ok=ok)
+        os.replace(tmp, cache_file)  # atomic: a killed run never leaves a half-written cache
+        pd.Series(reasons, dtype=str).rename_axis("path").rename("reason").to_csv(
+            cache_file.with_suffix(".skipped.csv"))
+    return images, ok, _skipped_frame(paths, ok, reasons)
+
+
+def stored_reasons(cache_file: Path) -> dict:
+    csv = cache_file.with_suffix(".skipped.csv")
+    if not csv.is_file():
+        return {}
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    return dict(zip(frame["path"], frame["reason"]))
+
+
+def _skipped_frame(paths, ok, reasons) -> pd.DataFrame:
+    bad = [p for p, good in zip(paths, ok) if not good]
+    return pd.DataFrame({"path": bad, "reason": [reasons.get(p, "unreadable") for p in bad]})
+
+
+def _progress(total: int):
+    if total < 200 or not log.isEnabledFor(logging.INFO):
+        return None
+    from keras.utils import Progbar
+
+    log.info("decoding %d images once (cached for later epochs and runs)", total)
+    return Progbar(total, unit_name="image")
+
+
+def split_arrays(frame: pd.DataFrame, cfg) -> dict:
+    """Decode every split once: {split: (frame_of_readable_images, images uint8, labels)} + 'skipped'."""
+    out, skipped = {}, []
+    for split in ("train", "val", "test"):
+        part = frame[frame["split"] == split].reset_index(drop=True)
+        if part.empty:
+            continue
+        images, ok, bad = load_images(part["path"], cfg.image_size, cfg.cache_dir)
+        skipped.append(bad.assign(split=split))
+        part = part[ok].reset_index(drop=True)
+        out[split] = (part, images[ok], part["label"].to_numpy(np.float32))
+    out["skipped"] = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# batches (keras.utils.PyDataset: no TensorFlow needed on the JAX and PyTorch backends)
+# --------------------------------------------------------------------------------------------
+def make_batches(images, labels, batch_size: int, shuffle: bool, seed: int = 0, sample_weights=None):
+    import keras
+
+    class ArrayBatches(keras.utils.PyDataset):
+        """In-memory uint8 images -> float32 batches; reshuffled every epoch when training."""
+
+        def __init__(self):
+            super().__init__()
+            self.order = np.arange(len(images))
+            self.rng = np.random.default_rng(seed)
+            if shuffle:
+                self.rng.shuffle(self.order)
+
+        def __len__(self):
+            return int(np.ceil(len(images) / batch_size))
+
+        def __getitem__(self, index):
+            idx = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
+            batch = (images[idx].astype(np.float32), labels[idx].reshape(-1, 1))
+            if sample_weights is not None:
+                batch += (sample_weights[idx],)
+            return batch
+
+        def on_epoch_end(self):
+            if shuffle:
+                self.rng.shuffle(self.order)
+
+    return ArrayBatches()

@@ -1,0 +1,211 @@
+"""The model: raw grayscale pixels in, fracture probability out, as one flat functional graph.
+
+raw pixels -> [augmentation, training only] -> gray->RGB -> backbone preprocess_input
+-> backbone layers (inlined, not a nested submodel) -> global pool -> 3 dense -> logit -> sigmoid
+
+Because preprocessing and augmentation are layers of the saved model, a `model.keras` takes the
+same raw pixels in training, evaluation, the CLI and the web app. Because the graph is flat,
+every backbone layer can be reached by name (for CAMs) on every Keras backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from fracture import config as config_lib
+from fracture.errors import FractureError, WeightsError
+
+log = logging.getLogger(__name__)
+
+# backbone name -> keras.applications module holding its preprocess_input
+BACKBONES = {
+    "DenseNet121": "densenet", "DenseNet169": "densenet", "DenseNet201": "densenet",
+    "ResNet50": "resnet", "ResNet101": "resnet", "ResNet152": "resnet",
+    "ResNet50V2": "resnet_v2", "ResNet101V2": "resnet_v2", "ResNet152V2": "resnet_v2",
+    **{f"EfficientNetB{i}": "efficientnet" for i in range(8)},
+    "VGG16": "vgg16", "VGG19": "vgg19", "Xception": "xception", "InceptionV3": "inception_v3",
+}
+# Names of the layers this module adds in front of the backbone and behind it.
+PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", "augment_zoom", "augment_translation",
+                     "gray_to_rgb", "backbone_preprocess")
+LOGIT_LAYER = "logit"
+OUTPUT_LAYER = "probability"
+POOL_LAYER = "avg_pool_head"
+
+
+def imagenet_weights_file(backbone: str) -> str:
+    """File name Keras caches the no-top ImageNet weights of `backbone` under."""
+    name = backbone.lower()
+    if name.startswith("efficientnetb"):
+        return f"{name}_notop.h5"
+    if name == "inceptionv3":
+        name = "inception_v3"
+    return f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def keras_models_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
+
+
+def resolve_weights(cfg) -> str | None:
+    """'imagenet' -> the cached weights file (never a download), 'none' -> None, else a checked path."""
+    choice = cfg.weights.strip()
+    if choice.lower() in ("none", "", "random", "scratch"):
+        return None
+    if choice.lower() == "imagenet":
+        cached = keras_models_dir() / imagenet_weights_file(cfg.backbone)
+        if cached.is_file():
+            return str(cached)
+        message = (
+            f"ImageNet weights for {cfg.backbone} are not in the Keras cache and cannot be downloaded "
+            f"here. Place the file '{cached.name}' in {cached.parent}/ (Keras downloads it from "
+            "https://storage.googleapis.com/tensorflow/keras-applications/ on a machine with internet), "
+            "or pass weights=/path/to/that_file.h5, or weights=none to train from scratch "
+            "(allow_random_weights=true makes this a warning instead of an error)."
+        )
+        if cfg.allow_random_weights:
+            log.warning("%s Continuing from random initialisation.", message)
+            return None
+        raise WeightsError(message)
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (use weights=imagenet, weights=none or a file path)")
+    return str(path)
+
+
+@keras.saving.register_keras_serializable(package="fracture")
+class BackbonePreprocess(keras.layers.Layer):
+    """The backbone's own `preprocess_input`, as a layer, so the saved model carries it."""
+
+    def __init__(self, module: str, **kwargs):
+        super().__init__(**kwargs)
+        self.module = module
+        self._fn = getattr(keras.applications, module).preprocess_input
+
+    def call(self, x):
+        return self._fn(x)
+
+    def get_config(self):
+        return {**super().get_config(), "module": self.module}
+
+
+def _preprocessing(x, cfg):
+    """Augmentation (random layers are no-ops unless training=True) and backbone preprocessing."""
+    if cfg.flip:
+        x = keras.layers.RandomFlip("horizontal", seed=cfg.seed, name="augment_flip")(x)
+    if cfg.rotation:
+        x = keras.layers.RandomRotation(cfg.rotation / 360.0, fill_mode="constant", seed=cfg.seed,
+                                        name="augment_rotation")(x)
+    if cfg.zoom:
+        x = keras.layers.RandomZoom(cfg.zoom, fill_mode="constant", seed=cfg.seed, name="augment_zoom")(x)
+    if cfg.translate:
+        x = keras.layers.RandomTranslation(cfg.translate, cfg.translate, fill_mode="constant",
+                                           seed=cfg.seed, name="augment_translation")(x)
+    x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    return BackbonePreprocess(BACKBONES[cfg.backbone], name="backbone_preprocess")(x)
+
+
+def build_model(cfg) -> keras.Model:
+    if cfg.backbone not in BACKBONES:
+        raise FractureError(f"unknown backbone '{cfg.backbone}'; choose one of {', '.join(BACKBONES)}")
+    weights = resolve_weights(cfg)
+    size = cfg.image_size
+    inputs = keras.Input((size, size, 1), name="image")
+    x = _preprocessing(inputs, cfg)
+    constructor = getattr(keras.applications, cfg.backbone)
+    try:
+        # input_tensor inlines the backbone's layers into our graph: one flat model.
+        backbone = constructor(include_top=False, weights=weights, input_tensor=x)
+    except ValueError as exc:
+        raise FractureError(f"cannot build {cfg.backbone} at image_size={size} with weights={cfg.weights}: {exc}")
+    backbone_layers = [layer for layer in backbone.layers
+                       if layer.name not in PREPROCESS_LAYERS and not isinstance(layer, keras.layers.InputLayer)]
+    set_trainable(backbone_layers, cfg.trainable_layers)
+
+    x = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(backbone.output)
+    for i, units in enumerate(cfg.dense_units, start=1):
+        x = keras.layers.Dense(units, activation=cfg.dense_activation, name=f"dense_{i}")(x)
+        if cfg.dropout:
+            x = keras.layers.Dropout(cfg.dropout, seed=cfg.seed, name=f"dropout_{i}")(x)
+    logit = keras.layers.Dense(1, name=LOGIT_LAYER)(x)
+    probability = keras.layers.Activation("sigmoid", name=OUTPUT_LAYER)(logit)
+    model = keras.Model(inputs, probability, name=f"fracture_{cfg.backbone}")
+    trainable, frozen = count_params(model)
+    log.info("%s: %s trainable / %s frozen parameters (top %s backbone layers unfrozen)",
+             model.name, f"{trainable:,}", f"{frozen:,}", "all" if cfg.trainable_layers < 0 else cfg.trainable_layers)
+    return model
+
+
+def set_trainable(layers, top_n: int) -> None:
+    """Unfreeze the top `top_n` layers (-1 = all). A frozen BatchNormalization runs in inference
+    mode in Keras 3, so its moving statistics stay those of the pretrained weights."""
+    cut = 0 if top_n < 0 else max(0, len(layers) - top_n)
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= cut
+
+
+def count_params(model) -> tuple[int, int]:
+    trainable = sum(int(w.numpy().size) if hasattr(w, "numpy") else int(keras.ops.size(w))
+                    for w in model.trainable_weights)
+    frozen = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
+    return trainable, frozen
+
+
+def unfrozen_layers(model) -> list[str]:
+    """Names of the backbone layers that train (those holding weights)."""
+    head = {POOL_LAYER, LOGIT_LAYER, OUTPUT_LAYER}
+    return [layer.name for layer in model.layers
+            if layer.trainable and layer.weights and layer.name not in head and not layer.name.startswith(("dense_",))]
+
+
+# --------------------------------------------------------------------------------------------
+# runs on disk
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A trained run folder: its model, resolved config and stored metrics."""
+
+    path: Path
+    model: keras.Model
+    config: config_lib.Config
+    metrics: dict
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_model(path) -> keras.Model:
+    path = Path(path)
+    if not path.is_file():
+        raise FractureError(f"model file not found: {path}")
+    return keras.saving.load_model(path, compile=False)
+
+
+def find_run(path=None, runs_dir="saved_models") -> Path:
+    """A run folder from a path (folder or its model.keras), or the newest one in `runs_dir`."""
+    if path:
+        path = Path(path)
+        path = path.parent if path.is_file() else path
+        if not (path / "model.keras").is_file():
+            raise FractureError(f"no trained run at {path} (expected {path / 'model.keras'}); "
+                                "train one with `python -m fracture train`")
+        return path
+    runs = sorted(Path(runs_dir).glob("*/model.keras"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FractureError(f"no trained run in {runs_dir}/; train one with `make demo` or `python -m fracture train`")
+    return runs[-1].parent
+
+
+def load_run(path=None, runs_dir="saved_models") -> Run:
+    path = find_run(path, runs_dir)
+    cfg = config_lib.load(path / "config.yaml")
+    metrics_file = path / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return Run(path=path, model=load_model(path / "model.keras"), config=cfg, metrics=metrics)
