@@ -43,6 +43,8 @@ demo: $(STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> CAM pa
 
 test: $(STAMP) browser ## unit tests, then the notebooks with pytest --nbval
 	$(PY) -m pytest tests -q
+	KERAS_BACKEND=jax $(PY) -m pytest tests -q -m backend
+	KERAS_BACKEND=torch $(PY) -m pytest tests -q -m backend
 	$(PY) -m pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
 
 notebooks: $(STAMP) data ## re-execute the notebooks top to bottom with the smoke profile and save outputs

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from fracture import synth
+from fracture.errors import DataError, FractureError
 
-IMAGE_RE = re.compile(r"MURA-v1\.1/(train|valid)/XR_HUMERUS/patient(\d{5})/study\d+_(positive|negative)/image\d+\.png")
-STUDY_RE = re.compile(r"(MURA-v1\.1/(train|valid)/XR_HUMERUS/patient(\d{5})/study\d+_(positive|negative)/),([01])")
+STUDY = r"MURA-v1\.1/(train|valid)/XR_HUMERUS/patient(\d{5})/study\d+_(positive|negative)/"
+IMAGE_RE = re.compile(STUDY + r"image\d+\.png")
+STUDY_RE = re.compile(f"({STUDY}),([01])")  # groups: study, split, patient, label word, label
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def test_layout_and_csv_formats(tree):
             assert m[5] == ("1" if m[4] == "positive" else "0"), line
             assert (base / m[1]).is_dir()
         # Studies and images agree both ways: no study without images, no image without a study.
-        assert {STUDY_RE.fullmatch(s)[1] for s in studies} == {p.rsplit("/", 1)[0] + "/" for p in lines}
+        study_dirs = {STUDY_RE.fullmatch(s)[1] for s in studies}
+        assert study_dirs == {p.rsplit("/", 1)[0] + "/" for p in lines}
     on_disk = {str(p.relative_to(base)) for p in root.rglob("*.png")}
     assert on_disk == set(images["train"]) | set(images["valid"])
     assert len(on_disk) == len(images["train"]) + len(images["valid"])  # no duplicates
@@ -83,7 +86,7 @@ def test_boxes_exactly_for_positives_and_in_bounds(tree):
     rows = [line.split(",") for line in lines[1:]]
     images = listed_images(root)
     positives = {p for lines_ in images.values() for p in lines_ if "_positive/" in p}
-    assert [r[0] for r in rows] and {r[0] for r in rows} == positives and len(rows) == len(positives)
+    assert rows and {r[0] for r in rows} == positives and len(rows) == len(positives)
     for path, *coords in rows:
         x0, y0, x1, y1 = map(int, coords)
         h, w = cv2.imread(str(base / path), cv2.IMREAD_GRAYSCALE).shape
@@ -98,12 +101,13 @@ def test_load_boxes_gives_absolute_existing_paths(tree):
     assert list(df.columns) == ["path", "x0", "y0", "x1", "y1"] and len(df)
     assert all(pathlib.Path(p).is_absolute() and pathlib.Path(p).is_file() for p in df["path"])
     assert all(df[c].dtype.kind == "i" for c in ["x0", "y0", "x1", "y1"])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="fracture_boxes.csv not found"):
         synth.load_boxes(root / "train")
 
 
 def tree_bytes(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 def test_deterministic_for_a_seed(tmp_path):
@@ -123,7 +127,7 @@ def test_regenerate_replaces_own_tree_but_never_a_real_one(tmp_path):
     real = tmp_path / "real" / "MURA-v1.1" / "train"
     real.mkdir(parents=True)
     (real / "keep.png").write_bytes(b"x")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(DataError, match="not a synthetic tree"):
         synth.generate(tmp_path / "real", patients=2)
     assert (real / "keep.png").exists()
 
@@ -160,3 +164,12 @@ def test_crack_gap_is_inside_its_box_and_visible_at_128px(seed):
     assert small.max() > 25
     sy, sx = np.unravel_index(np.argmax(small), small.shape)
     assert x0 <= (sx + 0.5) * w / 128 <= x1 and y0 <= (sy + 0.5) * h / 128 <= y1
+
+
+def test_sizes(tmp_path):
+    # A max_size below the default min_size (the CLI passes only --max-size) lowers min_size.
+    root = synth.generate(tmp_path, patients=2, max_size=48)
+    shapes = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape for p in root.rglob("*.png")]
+    assert shapes and all(max(s) <= 48 for s in shapes)
+    with pytest.raises(FractureError, match="too small"):
+        synth.generate(tmp_path / "tiny", patients=2, max_size=8)

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny synthetic MURA trees and one tiny trained run per test session.
+
+Everything is CPU-only, downloads nothing, and uses 32-64 px images so the suite stays fast on
+2 cores.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+import fracture as fr  # noqa: E402
+
+TINY = dict(weights="none", image_size=32, epochs=1, batch_size=8, trainable_layers=-1,
+            learning_rate=1e-3, mlflow=False, dense_units=[16, 8, 4])
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A small synthetic MURA v1.1 tree (shared, read-only for tests)."""
+    out = tmp_path_factory.mktemp("synth")
+    return fr.generate_synthetic(out, patients=14, seed=3, max_size=96, min_size=64)
+
+
+def tiny_config(tmp_path, data_dir, **overrides):
+    values = dict(TINY, data_dir=str(data_dir), runs_dir=str(tmp_path / "runs"),
+                  cache_dir=str(tmp_path / "cache"))
+    values.update(overrides)
+    return fr.load_config(overrides=values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_root, tmp_path_factory):
+    """One DenseNet121 trained for an epoch on 32 px images: the run folder path."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(tmp, synth_root, run_name="tiny")
+    return fr.train(cfg)

@@ -1,0 +1,48 @@
+import pytest
+
+import fracture as fr
+from fracture import config
+from fracture.errors import ConfigError
+
+
+def test_defaults_follow_the_recipe():
+    cfg = fr.Config()
+    assert (cfg.backbone, cfg.batch_size, cfg.epochs, cfg.trainable_layers) == ("DenseNet121", 16, 40, 60)
+    assert (cfg.study_type, cfg.image_size, cfg.gamma, cfg.learning_rate) == ("XR_HUMERUS", 224, 0.99, 1e-4)
+    assert len(cfg.dense_units) == 3
+
+
+def test_overrides_are_typed():
+    cfg = config.load(overrides=["epochs=3", "learning_rate=3e-4", "flip=false", "dense_units=[8,4,2]",
+                                 "backbone=ResNet50"])
+    assert (cfg.epochs, cfg.learning_rate, cfg.flip, cfg.dense_units, cfg.backbone) == (3, 3e-4, False, [8, 4, 2],
+                                                                                        "ResNet50")
+    assert config.load(overrides={"dense_units": "32,16,8"}).dense_units == [32, 16, 8]
+
+
+@pytest.mark.parametrize("item, message", [
+    ("epoch=3", "unknown config key 'epoch'. Did you mean 'epochs'"),
+    ("epochs=three", "bad value for 'epochs'"),
+    ("epochs=2.5", "bad value for 'epochs'"),
+    ("flip=maybe", "bad value for 'flip'"),
+    ("learning_rate=fast", "bad value for 'learning_rate'"),
+    ("dense_units=1,2", "three layer sizes"),
+    ("gamma=0", "gamma must be in (0, 1]"),
+    ("data_format=zip", "data_format must be"),
+    ("noequals", "not of the form key=value"),
+])
+def test_bad_overrides_name_the_problem(item, message):
+    with pytest.raises(ConfigError) as err:
+        config.load(overrides=[item])
+    assert message in str(err.value)
+
+
+def test_yaml_round_trip_and_unknown_yaml_key(tmp_path):
+    cfg = config.load(overrides={"epochs": 7, "study_type": "all"})
+    cfg.to_yaml(tmp_path / "c.yaml")
+    assert config.load(tmp_path / "c.yaml") == cfg
+    (tmp_path / "bad.yaml").write_text("epochs: 2\nbatchsize: 4\n")
+    with pytest.raises(ConfigError, match="unknown config key 'batchsize'"):
+        config.load(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(tmp_path / "missing.yaml")
