@@ -32,7 +32,7 @@ browser: ## install Debian's Chromium for the web-app browser test (needs root/a
 	else echo "chromium not installed and no root apt: the browser test will be skipped with that reason"; fi
 
 $(SYNTH)/train_image_paths.csv: | $(STAMP)
-	$(PY) -m fracture synth --out data/synthetic --patients 160 --seed 0
+	$(PY) -m fracture synth --out data/synthetic --patients 300 --seed 0
 
 data: $(SYNTH)/train_image_paths.csv ## generate the synthetic MURA-format dataset in data/synthetic
 

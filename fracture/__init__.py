@@ -17,6 +17,11 @@ from fracture.config import Config
 from fracture.config import load as load_config
 from fracture.errors import FractureError
 
+# These two share their module's name; binding the function here (the modules import no Keras at
+# load time) keeps `fracture.train` the function even after `import fracture.train` elsewhere.
+from fracture.evaluate import evaluate
+from fracture.train import train
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily on first attribute access)
@@ -33,8 +38,6 @@ _LAZY = {
     "build_model": ("fracture.model", "build_model"),
     "load_run": ("fracture.model", "load_run"),
     "find_run": ("fracture.model", "find_run"),
-    "train": ("fracture.train", "train"),
-    "evaluate": ("fracture.evaluate", "evaluate"),
     "predict_paths": ("fracture.evaluate", "predict_paths"),
     "study_level": ("fracture.evaluate", "study_level"),
 }
@@ -47,4 +50,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'fracture' has no attribute {name!r}")
 
 
-__all__ = ["Config", "FractureError", "load_config", "__version__", *_LAZY]
+__all__ = ["Config", "FractureError", "load_config", "train", "evaluate", "__version__", *_LAZY]

@@ -63,9 +63,9 @@ def _sample(rng, min_size, max_size):
     p["phi"] = np.deg2rad(rng.uniform(-30, 30))
     p["jag"] = (rng.uniform(0.05, 0.12) * r, rng.uniform(1.5, 3.0) / r, rng.uniform(0, 2 * np.pi),
                 rng.uniform(4.0, 7.0) / r, rng.uniform(0, 2 * np.pi))
-    p["gap"] = rng.uniform(0.018, 0.028) * h
-    p["gap_depth"] = rng.uniform(0.75, 0.95)
-    p["shift"] = rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.5) * r  # >= 1 cortex thickness
+    p["gap"] = rng.uniform(0.035, 0.05) * h
+    p["gap_depth"] = rng.uniform(0.9, 1.0)
+    p["shift"] = rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 0.9) * r  # >= 2 cortex thicknesses
     # Place the bone so that the crack site (and a bone width around it) is always on the film.
     uc, st, ct = p["uc"], np.sin(p["theta"]), np.cos(p["theta"])
     for _ in range(20):

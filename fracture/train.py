@@ -6,6 +6,7 @@ saved_models/<run>/
   history.csv       per-epoch metrics (CSVLogger)
   metrics.json      image- and study-level scores on val and test, timings
   predictions_test.csv, skipped.csv (when any file was unreadable), plots/*.png
+  mlflow_run_id.txt MLflow run id and store URI (cfg.mlflow; see fracture/tracking.py)
   backup/           BackupAndRestore state while training: re-running the same run_name resumes
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fracture import data as data_lib
+from fracture import tracking
 from fracture.errors import DataError, FractureError
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,6 @@ def make_callbacks(cfg, run_dir: Path) -> list:
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_auc", mode="max",
                                         save_best_only=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         # Multiply the current rate (not the initial one) so a plateau reduction sticks.
         keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr if epoch == 0 else lr * gamma),
         keras.callbacks.TerminateOnNaN(),
@@ -78,14 +79,13 @@ def make_callbacks(cfg, run_dir: Path) -> list:
     if cfg.plateau_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1,
                                                            patience=cfg.plateau_patience))
+    # Last, so the row it writes includes what the callbacks above added (learning_rate).
+    callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
     return callbacks
 
 
 def train(cfg) -> Path:
     import keras
-
-    from fracture.evaluate import predict_images, save_plots, score_frame, format_table
-    from fracture.model import build_model, count_params, load_model
 
     keras.utils.set_random_seed(cfg.seed)
     run_dir = new_run_dir(cfg)
@@ -98,6 +98,24 @@ def train(cfg) -> Path:
     log.info("%s run %s", "resuming" if resuming else "starting", run_dir)
 
     frame = data_lib.load_index(cfg)
+    tracker = tracking.start(cfg, run_dir, frame) if cfg.mlflow else None  # None: off or unreachable
+    try:
+        metrics, best = _fit_and_evaluate(cfg, run_dir, frame, tracker)
+    except BaseException as exc:  # the MLflow run ends FAILED (KILLED on Ctrl-C); the error goes on
+        if tracker is not None:
+            tracker.fail(exc)
+        raise
+    if tracker is not None:
+        tracker.finish(metrics, run_dir, best)
+    log.info("run folder: %s", run_dir)
+    return run_dir
+
+
+def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, tracker) -> tuple[dict, object]:
+    """Decode, fit, evaluate: writes every run-folder file but config.yaml; returns (metrics, best model)."""
+    from fracture.evaluate import predict_images, save_plots, score_frame, format_table
+    from fracture.model import build_model, count_params, load_model
+
     arrays = data_lib.split_arrays(frame, cfg)
     skipped = arrays.pop("skipped")
     if len(skipped):
@@ -119,6 +137,8 @@ def train(cfg) -> Path:
     compile_model(model, cfg)
     trainable, frozen = count_params(model)
     callbacks = make_callbacks(cfg, run_dir)
+    if tracker is not None:
+        callbacks.append(tracker.callback())
 
     started = time.perf_counter()
     model.fit(train_batches, validation_data=val_batches, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
@@ -154,5 +174,4 @@ def train(cfg) -> Path:
         probability=predict_images(best, x_val, cfg.batch_size))
     save_plots(history, plot_frame, metrics[eval_split], run_dir / "plots", cfg.threshold)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("run folder: %s", run_dir)
-    return run_dir
+    return metrics, best

@@ -5,6 +5,7 @@ Everything is CPU-only, downloads nothing, and uses 32-64 px images so the suite
 """
 
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,9 +31,25 @@ def tiny_config(tmp_path, data_dir, **overrides):
     return fr.load_config(overrides=values)
 
 
+BROKEN = "MURA-v1.1/train/XR_HUMERUS/patient00001/study1_broken_negative/image1.png"
+
+
 @pytest.fixture(scope="session")
-def trained_run(synth_root, tmp_path_factory):
+def train_data(synth_root, tmp_path_factory):
+    """A copy of the synthetic tree with one listed but undecodable image, as real downloads have."""
+    root = tmp_path_factory.mktemp("train_data") / "MURA-v1.1"
+    shutil.copytree(synth_root, root)
+    broken = root.parent / BROKEN
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"\x89PNG truncated download")
+    with open(root / "train_image_paths.csv", "a") as csv:
+        csv.write(BROKEN + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(train_data, tmp_path_factory):
     """One DenseNet121 trained for an epoch on 32 px images: the run folder path."""
     tmp = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(tmp, synth_root, run_name="tiny")
+    cfg = tiny_config(tmp, train_data, run_name="tiny")
     return fr.train(cfg)
