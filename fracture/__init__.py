@@ -38,6 +38,9 @@ _LAZY = {
     "build_model": ("fracture.model", "build_model"),
     "load_run": ("fracture.model", "load_run"),
     "find_run": ("fracture.model", "find_run"),
+    "count_params": ("fracture.model", "count_params"),
+    "unfrozen_layers": ("fracture.model", "unfrozen_layers"),
+    "summary_table": ("fracture.evaluate", "summary_table"),
     "predict_paths": ("fracture.evaluate", "predict_paths"),
     "study_level": ("fracture.evaluate", "study_level"),
 }

@@ -32,7 +32,7 @@ class Config:
     allow_random_weights: bool = False  # if ImageNet weights are missing offline: warn and start from scratch
     image_size: int = 224  # square model input, pixels
     dense_units: list[int] = field(default_factory=lambda: [512, 256, 64])  # the three dense layers
-    dense_activation: str = "relu"
+    dense_activation: str = "relu"  # activation of the dense layers
     dropout: float = 0.3  # after each dense layer
     trainable_layers: int = 60  # unfreeze the top N backbone layers; -1 = all
     # --- augmentation (inside the model, active only in training) ---------------------------
@@ -41,22 +41,22 @@ class Config:
     zoom: float = 0.1  # max zoom fraction
     translate: float = 0.05  # max translation fraction
     # --- training ---------------------------------------------------------------------------
-    batch_size: int = 16
-    epochs: int = 40
+    batch_size: int = 16  # images per training step
+    epochs: int = 40  # training epochs
     optimizer: str = "adam"  # any keras.optimizers name: adam, sgd, rmsprop, adamw ...
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # initial learning rate
     gamma: float = 0.99  # learning rate multiplied by gamma after every epoch
     class_weighting: bool = True  # MURA paper weighting: positives |N|/(|A|+|N|), negatives |A|/(|A|+|N|)
     early_stopping: int = 0  # patience in epochs on val AUC; 0 = off
     plateau_patience: int = 0  # divide the learning rate by 10 on a val-loss plateau; 0 = off
     steps_per_execution: int = 1  # >1 runs several batches per compiled call (faster on GPUs)
-    seed: int = 42
+    seed: int = 42  # seeds the split, the weights init and augmentation
     threshold: float = 0.5  # probability above which an image/study is called abnormal
     # --- outputs ----------------------------------------------------------------------------
-    runs_dir: str = "saved_models"
+    runs_dir: str = "saved_models"  # where run folders are written
     run_name: str = ""  # empty = timestamp + backbone; an existing run with this name resumes
     mlflow: bool = True  # log the run to MLflow (MLFLOW_TRACKING_URI or ./mlruns)
-    mlflow_experiment: str = "fracture"
+    mlflow_experiment: str = "fracture"  # MLflow experiment name
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

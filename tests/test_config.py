@@ -46,3 +46,11 @@ def test_yaml_round_trip_and_unknown_yaml_key(tmp_path):
         config.load(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="config file not found"):
         config.load(tmp_path / "missing.yaml")
+
+
+def test_readme_documents_every_config_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [name for name in config.field_names() if f"| `{name}` |" not in readme]
+    assert not missing, f"README config table lacks {missing}"

@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+import pytest
+
+from fracture.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fracture", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "epohcs=2"], "unknown config key 'epohcs'. Did you mean 'epochs'?"),
+    (["train", "batch_size=big"], "bad value for 'batch_size'"),
+    (["train", "--config", "nope.yaml"], "config file not found: nope.yaml"),
+])
+def test_config_mistakes_fail_fast_and_clearly(args, message):
+    probe = ("import sys; from fracture.cli import main; code = main(sys.argv[1:]); "
+             "print('keras loaded' if 'keras' in sys.modules else 'keras not loaded'); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "keras not loaded" in result.stdout  # failed before any heavy import
+
+
+def test_synth_cli(tmp_path):
+    result = run_cli("synth", "--out", str(tmp_path), "--patients", "4", "--max-size", "64")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "MURA-v1.1" / "train_labeled_studies.csv").is_file()
+
+
+def test_predict_prints_a_table_for_a_folder(trained_run, synth_root, capsys):
+    folder = next(synth_root.glob("valid/XR_HUMERUS/*/*_positive"))
+    assert main(["predict", str(folder), "--run", str(trained_run)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["path", "probability", "label"]
+    assert len(lines) == 1 + len(list(folder.glob("*.png")))
+    assert all(line.split()[-1] in ("normal", "abnormal") for line in lines[1:])
+
+
+def test_predict_missing_file_is_a_clear_error(trained_run, capsys):
+    assert main(["predict", "/no/such/image.png", "--run", str(trained_run)]) == 2
+    assert "no such image or folder: /no/such/image.png" in capsys.readouterr().err
+
+
+def test_evaluate_prints_image_and_study_rows(trained_run, capsys):
+    assert main(["evaluate", "--run", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "test split, run tiny" in out
+    assert {"image", "study"} <= {line.split()[0] for line in out.splitlines()[2:]}
+    assert "kappa" in out and "auc" in out
+
+
+def test_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["evaluate", "--run", str(tmp_path)]) == 2
+    assert "no trained run at" in capsys.readouterr().err
