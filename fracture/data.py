@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -301,9 +302,11 @@ def load_images(paths, size: int, cache_dir=None) -> tuple[np.ndarray, np.ndarra
             progress.update(i + 1)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
+        # Write to a private temporary name, then rename: atomic, so a killed run never leaves a
+        # half-written cache and two runs decoding the same files at once cannot collide.
+        tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
         np.savez(tmp, images=images, ok=ok)
-        os.replace(tmp, cache_file)  # atomic: a killed run never leaves a half-written cache
+        os.replace(tmp, cache_file)
         pd.Series(reasons, dtype=str).rename_axis("path").rename("reason").to_csv(
             cache_file.with_suffix(".skipped.csv"))
     return images, ok, _skipped_frame(paths, ok, reasons)

@@ -1,0 +1,415 @@
+"""The web app: upload an X-ray, get the fracture probability and where the model looked.
+
+    python -m fracture serve --run saved_models/<run>                      # development server
+    FRACTURE_RUN=saved_models/<run> gunicorn -w 1 --threads 4 --timeout 300 \\
+        -b 127.0.0.1:5000 'fracture.app:create_app()'                      # production
+    FRACTURE_RUN=saved_models/<run> flask --app fracture.app run             # Flask's own runner
+
+`create_app` loads the run once, compiles the forward pass and warms it (and every offered CAM
+layer) up, so no request pays for loading or tracing. One lock serialises the model calls: simple
+and safe whatever the backend does with concurrent calls; its cost under load is measured in
+docs/benchmarks.md, "Web app latency".
+
+Uploads are parsed into memory (`MemoryRequest`), never spooled to a temporary file, and nothing
+the client sends (file name, form fields, query) is ever used as a path: the run comes from the
+server's own arguments or environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import os
+import threading
+import time
+
+import numpy as np
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from fracture.errors import FractureError, ImageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_MB = 20.0  # larger request bodies get 413
+DEFAULT_MAX_PIXELS = 40_000_000  # header width x height above this is a decompression bomb -> 400
+DISPLAY_SIZE = 512  # long side of the images the API sends back (preview, CAM overlay)
+CAM_METHOD = "gradcam"
+# A few sensible CAM layers per backbone family, deepest first; only those present in the model
+# are offered. Deep layers localise coarsely but semantically, earlier ones sharper but noisier.
+CAM_LAYERS = {
+    "DenseNet": ("relu", "pool4_relu", "pool3_relu"),
+    "ResNet": ("post_relu", "conv5_block3_out", "conv4_block36_out", "conv4_block23_out",
+               "conv4_block6_out", "conv3_block8_out", "conv3_block4_out"),
+    "EfficientNet": ("top_activation", "block6a_expand_activation", "block4a_expand_activation"),
+    "VGG": ("block5_conv4", "block5_conv3", "block4_conv4", "block4_conv3"),
+    "Xception": ("block14_sepconv2_act", "block13_sepconv1_act", "block4_sepconv2_act"),
+    "InceptionV3": ("mixed10", "mixed9", "mixed7"),
+}
+MAX_CAM_LAYERS = 3
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+class MemoryRequest(Flask.request_class):
+    """Keep uploaded file parts in memory. Werkzeug's default spools parts over 500 KB to a
+    temporary file on disk; MAX_CONTENT_LENGTH bounds the memory this takes."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+# --------------------------------------------------------------------------------------------
+# image checks (cheap, before any pixel is decoded)
+# --------------------------------------------------------------------------------------------
+def is_dicom(data: bytes) -> bool:
+    return len(data) > 132 and data[128:132] == b"DICM"  # the same test as data.decode_bytes
+
+
+def header_size(data: bytes) -> tuple[int, int, int]:
+    """(width, height, frames) read from the file header alone, without decoding pixels."""
+    if is_dicom(data):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            return int(ds.Columns), int(ds.Rows), int(getattr(ds, "NumberOfFrames", 1) or 1)
+        except Exception as exc:  # pydicom raises many types for a broken header
+            raise ImageError(f"cannot read DICOM header: {exc}") from exc
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # parses the header; pixels stay undecoded
+            width, height = image.size
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit (~179 MP)
+        raise ImageError(f"too many pixels: {exc}") from exc
+    except Exception as exc:
+        raise ImageError("not a readable image (PNG, JPEG, BMP, TIFF or DICOM expected)") from exc
+    return int(width), int(height), 1
+
+
+def check_pixels(data: bytes, max_pixels: int) -> tuple[int, int]:
+    width, height, frames = header_size(data)
+    pixels = width * height * frames
+    if pixels > max_pixels:
+        raise ImageError(f"too many pixels: the header says {width}x{height}"
+                         f"{f'x{frames} frames' if frames > 1 else ''} = {pixels:,}, the limit is {max_pixels:,}")
+    if pixels == 0:
+        raise ImageError(f"empty image: the header says {width}x{height}")
+    return width, height
+
+
+def decode(data: bytes) -> np.ndarray:
+    """Uploaded bytes -> uint8 gray. Whatever a decoder raises on hostile bytes (OpenCV, pydicom
+    on a multi-frame or odd file) is the upload's fault: an ImageError (400), not a 500."""
+    from fracture.data import decode_bytes
+
+    try:
+        return decode_bytes(data)
+    except ImageError:
+        raise
+    except Exception as exc:
+        log.warning("upload failed to decode: %s: %s", type(exc).__name__, exc)
+        raise ImageError("cannot decode the image; send a single-frame PNG, JPEG, BMP, TIFF or DICOM") from exc
+
+
+def display_image(gray: np.ndarray, long_side: int = DISPLAY_SIZE) -> np.ndarray:
+    """`gray` scaled (aspect kept) so its long side is at most `long_side`."""
+    import cv2
+
+    height, width = gray.shape[:2]
+    scale = long_side / max(height, width)
+    if scale >= 1:
+        return gray
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+
+
+def png_base64(image: np.ndarray) -> str:
+    """Gray or RGB uint8 -> base64 PNG (fast compression: the network is local, CPU is not)."""
+    import cv2
+
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise FractureError("could not encode the result image as PNG")
+    return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def json_safe(value):
+    """NaN/inf -> None, recursively: JSON has no NaN and browsers reject it."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# the model side: loaded once, compiled once, called under one lock
+# --------------------------------------------------------------------------------------------
+def cam_layers(model, backbone: str) -> list[str]:
+    """Up to MAX_CAM_LAYERS sensible CAM layers present in `model`, deepest first."""
+    names = {layer.name for layer in model.layers}
+    family = next((k for k in CAM_LAYERS if backbone.startswith(k)), None)
+    chosen = [n for n in CAM_LAYERS.get(family, ()) if n in names][:MAX_CAM_LAYERS]
+    if not chosen:  # unknown backbone: the last layer with a spatial (4-D) output
+        from fracture.model import POOL_LAYER
+
+        spatial = [layer.name for layer in model.layers
+                   if layer.name != POOL_LAYER and len(getattr(layer.output, "shape", ())) == 4]
+        chosen = spatial[-1:]
+    return chosen
+
+
+def compiled_forward(model):
+    """x (B,S,S,1) float32 -> probabilities, with training=False (the in-model augmentation would
+    run otherwise). tf.function on TensorFlow (about 1.5x faster than predict_on_batch at batch
+    1); other backends use predict_on_batch, which they compile themselves."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        shape = (None, *model.input_shape[1:])
+        function = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                               input_signature=[tf.TensorSpec(shape, tf.float32)])
+        return lambda x: np.asarray(function(x))
+    return lambda x: np.asarray(model.predict_on_batch(x))
+
+
+class Predictor:
+    """A loaded run ready to serve: probability and CAMs for one grayscale image at a time."""
+
+    def __init__(self, run):
+        self.run = run
+        self.model = run.model
+        self.size = int(self.model.input_shape[1])
+        if self.size != int(run.config.image_size):
+            log.warning("run %s: config image_size=%s but the model takes %s px; using the model's",
+                        run.name, run.config.image_size, self.size)
+        self.threshold = float(run.config.threshold)
+        self.layers = cam_layers(self.model, run.config.backbone)
+        self._forward = compiled_forward(self.model)
+        self._lock = threading.Lock()
+
+    def prepare(self, gray: np.ndarray) -> np.ndarray:
+        from fracture.data import resize
+
+        return resize(gray, self.size).astype(np.float32)[None, :, :, None]
+
+    def probability(self, x: np.ndarray) -> float:
+        with self._lock:
+            return float(self._forward(x).reshape(-1)[0])
+
+    def probability_and_cam(self, x: np.ndarray, layer: str) -> tuple[float, np.ndarray]:
+        """The probability and the Grad-CAM heatmap (S, S) in [0, 1] of `layer` for the fracture
+        class, from one pass: the CAM's gradient step computes the logit anyway, so a separate
+        forward pass would double the cost. Equal to `cam.cam_maps` + `model.predict` (tested).
+        cam.py has no public call returning the logit with the map, so this uses its cached
+        per-layer step (`_plumbing`) and repeats cam_maps' three post-processing lines."""
+        from fracture import cam
+
+        with self._lock:
+            a, g, logit = cam._plumbing(self.model, layer).step(x, cam.TARGETS["fracture"])
+        raw = np.maximum(cam.GRADIENT_METHODS[CAM_METHOD](a, g), 0)
+        heatmap = cam.normalize_maps(cam.upsample(raw, x.shape[1:3]))[0]
+        probability = 0.5 * (1.0 + math.tanh(0.5 * float(logit.reshape(-1)[0])))  # sigmoid, no overflow
+        return probability, heatmap
+
+    def warm_up(self) -> float:
+        """One dummy prediction and one dummy CAM per offered layer (traces and caches them all)."""
+        started = time.perf_counter()
+        x = np.full((1, self.size, self.size, 1), 128.0, np.float32)
+        self.probability(x)
+        for layer in self.layers:
+            self.probability_and_cam(x, layer)
+        return time.perf_counter() - started
+
+    def label(self, probability: float) -> str:
+        return "abnormal" if probability > self.threshold else "normal"  # same rule as evaluate
+
+    def describe(self) -> dict:
+        cfg, metrics = self.run.config, self.run.metrics
+        summary = {}
+        for split in ("val", "test"):
+            if isinstance(metrics.get(split), dict):
+                summary[split] = {level: {k: scores.get(k) for k in ("n", "auc", "kappa", "accuracy",
+                                                                    "sensitivity", "specificity")}
+                                  for level, scores in metrics[split].items() if isinstance(scores, dict)}
+        return json_safe({
+            "run": self.run.name,
+            "backbone": cfg.backbone,
+            "image_size": self.size,
+            "threshold": self.threshold,
+            "weights": cfg.weights,
+            "cam_method": CAM_METHOD,
+            "cam_layers": self.layers,
+            "default_layer": self.layers[0] if self.layers else None,
+            "training": {k: metrics.get(k) for k in ("best_epoch", "epochs_run", "train_seconds", "counts")
+                         if k in metrics},
+            "metrics": summary,
+        })
+
+
+# --------------------------------------------------------------------------------------------
+# the Flask app
+# --------------------------------------------------------------------------------------------
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise FractureError(f"environment variable {name}={value!r} is not a number") from None
+
+
+def _error(status: int, message: str, name: str | None = None):
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    body = {"error": name or HTTP_STATUS_CODES.get(status, "Error"), "message": message, "status": status}
+    return jsonify(body), status
+
+
+def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | None = None,
+               runs_dir: str | None = None, warm_up: bool = True) -> Flask:
+    """The Flask app serving one run.
+
+    run: a run folder (or its model.keras), a loaded `Run`, or None for $FRACTURE_RUN, else the
+    newest run in `runs_dir` ($FRACTURE_RUNS_DIR, default saved_models/). max_upload_mb
+    ($FRACTURE_MAX_UPLOAD_MB, default 20) and max_pixels ($FRACTURE_MAX_PIXELS, default 40 M) are
+    stored in app.config (MAX_CONTENT_LENGTH, MAX_PIXELS) and read on every request.
+    """
+    from fracture.model import Run, load_run
+
+    if not logging.getLogger().handlers:  # gunicorn / flask run: make the start-up lines visible
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not isinstance(run, Run):
+        source = "argument" if run else ("$FRACTURE_RUN" if os.environ.get("FRACTURE_RUN") else None)
+        runs_dir = runs_dir or os.environ.get("FRACTURE_RUNS_DIR", "saved_models")
+        run = load_run(run or os.environ.get("FRACTURE_RUN") or None, runs_dir=runs_dir)
+        log.info("serving run %s (%s)", run.path, f"from {source}" if source else f"newest in {runs_dir}/")
+    predictor = Predictor(run)
+    if warm_up:
+        log.info("warmed up (predict + %s on %s) in %.1f s", CAM_METHOD, ", ".join(predictor.layers),
+                 predictor.warm_up())
+
+    app = Flask(__name__)  # static files: fracture/static/
+    app.request_class = MemoryRequest
+    if max_upload_mb is None:
+        max_upload_mb = _env_float("FRACTURE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)
+    if max_pixels is None:
+        max_pixels = int(_env_float("FRACTURE_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
+    app.config["MAX_PIXELS"] = int(max_pixels)
+    app.extensions["fracture"] = predictor
+
+    @app.get("/")
+    def index():
+        return app.send_static_file("index.html")
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", run=run.name)
+
+    @app.get("/api/model")
+    def model_info():
+        info = predictor.describe()
+        info["max_upload_mb"] = round(app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024, 3)
+        info["max_pixels"] = app.config["MAX_PIXELS"]
+        return jsonify(info)
+
+    @app.post("/api/predict")
+    def predict():
+        started = time.perf_counter()
+        want_cam = request.args.get("cam", "").lower() in TRUE_WORDS
+        want_image = request.args.get("image", "").lower() in TRUE_WORDS
+        layer = request.args.get("layer") or (predictor.layers[0] if predictor.layers else "")
+        if want_cam and layer not in predictor.layers:
+            return _error(400, f"unknown CAM layer {layer[:80]!r}; choose one of {', '.join(predictor.layers)}")
+        upload = request.files.get("file")
+        if upload is None:
+            return _error(400, "no file: send the image as multipart/form-data in a field named 'file'")
+        data = upload.read()
+        if not data:
+            return _error(400, "the uploaded file is empty")
+        width, height = check_pixels(data, app.config["MAX_PIXELS"])
+        gray = decode(data)
+        x = predictor.prepare(gray)
+        if want_cam:
+            probability, heatmap = predictor.probability_and_cam(x, layer)
+        else:
+            probability = predictor.probability(x)
+        probability = round(probability, 6)  # the two paths agree to ~1e-7; more digits are noise
+        body = {
+            "probability": probability,
+            "label": predictor.label(probability),
+            "threshold": predictor.threshold,
+            "run": run.name,
+            "image": {"width": width, "height": height},
+        }
+        shown = display_image(gray) if (want_cam or want_image) else None
+        if want_cam:
+            from fracture.cam import overlay
+
+            body["cam_png"] = png_base64(overlay(shown, heatmap))
+            body["layer"], body["method"] = layer, CAM_METHOD
+        if want_image:
+            body["image_png"] = png_base64(shown)
+        body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return jsonify(body)
+
+    @app.errorhandler(ImageError)
+    def bad_image(exc):
+        return _error(400, str(exc), "Bad image")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        messages = {413: f"upload larger than the {app.config['MAX_CONTENT_LENGTH'] / 1024 / 1024:.3g} MB limit",
+                    405: f"method {request.method} not allowed on {request.path[:200]}"}
+        return _error(exc.code or 500, messages.get(exc.code, exc.description or exc.name), exc.name)
+
+    @app.errorhandler(Exception)
+    def server_error(exc):
+        log.exception("unhandled error on %s %s", request.method, request.path[:200])
+        return _error(500, "internal error while handling the request (see the server log)")
+
+    @app.after_request
+    def headers(response):
+        # Everything is served by this app; no CDN, no inline script, images also from data:/blob:.
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app
+
+
+def cli_serve(args) -> None:
+    """`python -m fracture serve`: Flask's development server (use gunicorn in production)."""
+    app = create_app(run=args.run)
+    log.info("open http://%s:%s/ (development server; for production see docs/app.md)", args.host, args.port)
+    app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
+
+
+_app = None
+
+
+def __getattr__(name):
+    """`fracture.app.app`, created on first access (gunicorn 'fracture.app:app')."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module 'fracture.app' has no attribute {name!r}")

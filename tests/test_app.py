@@ -1,0 +1,396 @@
+"""The web app through Flask's test client, against the session's tiny trained run (32 px).
+
+Covers the three endpoints, PNG/JPEG/DICOM uploads, the CAM and layer flags, every bad-input case
+(413, 400 with its reason, 405, 404, 500) as JSON, uploads never touching the disk, and identical
+answers under concurrent requests.
+"""
+
+import base64
+import builtins
+import io
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+flask = pytest.importorskip("flask")
+
+from fracture import app as app_module  # noqa: E402
+from fracture.app import create_app  # noqa: E402
+
+PREDICT_KEYS = {"probability", "label", "threshold", "run", "elapsed_ms", "image"}
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures and file builders
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run(trained_run):
+    from fracture.model import load_run
+
+    return load_run(trained_run)
+
+
+@pytest.fixture(scope="module")
+def app(run):
+    return create_app(run)  # warm-up included: predict + a CAM on every offered layer
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def xray(synth_root) -> np.ndarray:
+    """A synthetic humerus X-ray (uint8 gray, not square)."""
+    path = sorted(Path(synth_root).glob("train/XR_HUMERUS/*/*_positive/*.png"))[0]
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+
+
+def encode(gray, ext=".png") -> bytes:
+    return cv2.imencode(ext, gray)[1].tobytes()
+
+
+def dicom_bytes(pixels: np.ndarray, rows=None, columns=None, frames=None) -> bytes:
+    """A minimal 16-bit MONOCHROME2 DICOM file; rows/columns may lie (for the bomb test)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = rows or pixels.shape[0], columns or pixels.shape[1]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    if frames:
+        ds.NumberOfFrames = frames
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid-looking PNG whose header claims width x height pixels but carries almost no data."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+            + chunk(b"IEND", b""))
+
+
+def post(client, data: bytes, query: str = "", filename="xray.png", field="file"):
+    return client.post("/api/predict" + query, data={field: (io.BytesIO(data), filename)},
+                       content_type="multipart/form-data")
+
+
+def expected_probability(run, gray) -> float:
+    """What the CLI's batch path (model.predict) says for the same image."""
+    from fracture.data import resize
+    from fracture.evaluate import predict_images
+
+    return float(predict_images(run.model, resize(gray, run.config.image_size)[None, :, :, None])[0])
+
+
+def png_size(b64: str) -> tuple[int, int]:
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None, "not a PNG"
+    return image.shape[1], image.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the good paths
+# --------------------------------------------------------------------------------------------
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "run": "tiny"}
+
+
+def test_model_info(client, run):
+    response = client.get("/api/model")
+    assert response.status_code == 200
+    assert b"NaN" not in response.data  # JSON has no NaN; the browser's JSON.parse would fail
+    info = response.get_json()
+    assert info["backbone"] == "DenseNet121" and info["image_size"] == 32 and info["run"] == "tiny"
+    assert info["cam_layers"][0] == info["default_layer"] == "relu"
+    assert set(info["cam_layers"]) <= {layer.name for layer in run.model.layers}
+    assert 1 <= len(info["cam_layers"]) <= 3
+    assert set(info["metrics"]["test"]) == {"image", "study"}
+    assert {"auc", "kappa", "accuracy", "n"} <= set(info["metrics"]["test"]["study"])
+    assert info["max_upload_mb"] == 20 and info["max_pixels"] == app_module.DEFAULT_MAX_PIXELS
+
+
+def test_page_and_static_files_are_self_contained(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset.encode() in page.data
+        response = client.get(asset)
+        assert response.status_code == 200
+        assert b"http://" not in response.data and b"https://" not in response.data, f"{asset} loads from outside"
+    assert b"http://" not in page.data and b"https://" not in page.data
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "dicom"])
+def test_predict_formats(client, run, xray, kind):
+    data = {"png": lambda: encode(xray), "jpeg": lambda: encode(xray, ".jpg"),
+            "dicom": lambda: dicom_bytes(xray.astype(np.uint16) * 16)}[kind]()
+    response = post(client, data, filename=f"upload.{kind}")
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    assert set(answer) == PREDICT_KEYS  # no CAM unless asked for
+    assert 0.0 <= answer["probability"] <= 1.0
+    assert answer["label"] == ("abnormal" if answer["probability"] > answer["threshold"] else "normal")
+    assert answer["threshold"] == run.config.threshold and answer["run"] == "tiny"
+    assert answer["image"] == {"width": xray.shape[1], "height": xray.shape[0]}
+    assert answer["elapsed_ms"] > 0
+    if kind == "png":  # lossless: exactly what the batch path (model.predict, training=False) says
+        assert answer["probability"] == pytest.approx(expected_probability(run, xray), abs=1e-5)
+
+
+def test_cam_flag_and_layer_choice(client, app, xray):
+    layers = app.extensions["fracture"].layers
+    answers = {}
+    for layer in layers:
+        response = post(client, encode(xray), f"?cam=1&layer={layer}")
+        assert response.status_code == 200, response.get_json()
+        answers[layer] = answer = response.get_json()
+        assert answer["layer"] == layer and answer["method"] == "gradcam"
+        assert png_size(answer["cam_png"]) == (xray.shape[1], xray.shape[0])  # overlay at the image's size
+    assert len({a["probability"] for a in answers.values()}) == 1
+    # (at 32 px the maps are degenerate, 1x1 to 4x4: that the layer matters is tested at 64 px below)
+    default = post(client, encode(xray), "?cam=true").get_json()
+    assert default["layer"] == layers[0] and default["cam_png"] == answers[layers[0]]["cam_png"]
+    assert "cam_png" not in post(client, encode(xray), "?cam=0").get_json()
+
+
+def test_one_pass_cam_equals_the_public_api(synth_root, tmp_path_factory):
+    """The app takes probability and map from one gradient pass; they must equal cam_maps and
+    model.predict. An untrained 64 px model: the 32 px fixture's maps are 1x1 to 4x4 and all zero."""
+    import keras
+
+    import fracture as fr
+    from fracture.cam import cam_maps
+    from fracture.model import Run, build_model
+
+    keras.utils.set_random_seed(0)  # weights under which neither layer's map is all zero
+    cfg = fr.load_config(overrides=dict(weights="none", image_size=64, dense_units=[16, 8, 4]))
+    run64 = Run(path=tmp_path_factory.mktemp("random64"), model=build_model(cfg), config=cfg, metrics={})
+    predictor = app_module.Predictor(run64)
+    gray = cv2.imread(str(sorted(Path(synth_root).glob("train/XR_HUMERUS/*/*_positive/*.png"))[0]), 0)
+    x = predictor.prepare(gray)
+    heatmaps = {}
+    for layer in ("relu", "pool3_relu"):  # the last layer and an inner one (skip paths from the image)
+        probability, heatmaps[layer] = predictor.probability_and_cam(x, layer)
+        assert probability == pytest.approx(expected_probability(run64, gray), abs=1e-5)
+        np.testing.assert_allclose(heatmaps[layer], cam_maps(run64.model, x, [layer])[layer][0], atol=1e-5)
+        assert heatmaps[layer].shape == (64, 64) and heatmaps[layer].max() == pytest.approx(1.0)
+    assert not np.allclose(heatmaps["relu"], heatmaps["pool3_relu"])
+
+
+def test_image_flag_returns_the_server_rendering(client, xray):
+    answer = post(client, dicom_bytes(xray.astype(np.uint16) * 16), "?image=1", filename="x.dcm").get_json()
+    assert png_size(answer["image_png"]) == (xray.shape[1], xray.shape[0])
+
+
+def test_large_images_come_back_at_display_size(client):
+    big = np.random.default_rng(0).integers(0, 255, (1200, 600), dtype=np.uint8)
+    answer = post(client, encode(big), "?cam=1&image=1").get_json()
+    assert png_size(answer["cam_png"]) == png_size(answer["image_png"]) == (256, 512)
+
+
+def test_concurrent_requests_give_identical_answers(app, xray):
+    data, answers, errors = encode(xray), [], []
+
+    def worker():
+        client = app.test_client()
+        for _ in range(3):
+            response = post(client, data, "?cam=1")
+            (answers if response.status_code == 200 else errors).append(response.get_json())
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(answers) == 18
+    assert len({a["probability"] for a in answers}) == 1
+    assert len({a["cam_png"] for a in answers}) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: a JSON error with the right status and a reason
+# --------------------------------------------------------------------------------------------
+def assert_error(response, status: int, *words):
+    assert response.status_code == status, response.data[:300]
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["status"] == status and body["error"] and body["message"]
+    for word in words:
+        assert word in body["message"], body["message"]
+    return body
+
+
+def test_413_over_the_configured_limit(run, xray):
+    small = create_app(run, max_upload_mb=0.01, warm_up=False).test_client()  # 10 kB
+    assert_error(post(small, np.zeros(20_000, np.uint8).tobytes()), 413, "0.01 MB")
+    tiny_png = encode(np.zeros((8, 8), np.uint8))
+    assert post(small, tiny_png).status_code == 200  # under the limit still works
+
+
+def test_limits_come_from_the_environment(run, monkeypatch):
+    monkeypatch.setenv("FRACTURE_MAX_UPLOAD_MB", "3")
+    monkeypatch.setenv("FRACTURE_MAX_PIXELS", "1000")
+    configured = create_app(run, warm_up=False)
+    assert configured.config["MAX_CONTENT_LENGTH"] == 3 * 1024 * 1024
+    assert configured.config["MAX_PIXELS"] == 1000
+
+
+@pytest.mark.parametrize("name, data, reason", [
+    ("text", b"hello, this is a text file, not an X-ray\n" * 10, "not a readable image"),
+    ("garbage", np.random.default_rng(1).integers(0, 255, 5000, dtype=np.uint8).tobytes(), "not a readable image"),
+    ("png-signature-only", b"\x89PNG\r\n\x1a\n", "not a readable image"),
+])
+def test_400_not_an_image(client, name, data, reason):
+    assert_error(post(client, data, filename=f"{name}.png"), 400, reason)
+
+
+def test_400_truncated_or_multiframe(client, xray, monkeypatch):
+    png = encode(xray)
+    assert_error(post(client, png[: len(png) // 2]), 400, "not a readable image")
+    dicom = dicom_bytes(xray.astype(np.uint16))
+    assert_error(post(client, dicom[:-1000], filename="x.dcm"), 400, "DICOM")
+    frames = dicom_bytes(np.zeros((2, 8, 8), np.uint16), rows=8, columns=8, frames=2)
+    assert post(client, frames, filename="x.dcm").status_code in (200, 400)  # never a 500
+
+    def crash(data):
+        raise cv2.error("OpenCV(5.0.0) Bad number of channels")
+
+    monkeypatch.setattr("fracture.data.decode_bytes", crash)  # any decoder crash on upload bytes -> 400
+    assert_error(post(client, encode(xray)), 400, "cannot decode the image")
+
+
+@pytest.mark.parametrize("width, height", [(7_000, 7_000), (100_000, 100_000)])  # ours, then Pillow's limit
+def test_400_decompression_bomb_png(client, width, height):
+    assert_error(post(client, png_claiming(width, height)), 400, "too many pixels")
+
+
+def test_400_decompression_bomb_dicom(client):
+    lying = dicom_bytes(np.zeros((2, 2), np.uint16), rows=60_000, columns=60_000)
+    assert_error(post(client, lying, filename="x.dcm"), 400, "too many pixels", "60000x60000")
+
+
+def test_400_over_a_small_pixel_limit(client, app, xray, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_PIXELS", 1000)
+    assert_error(post(client, encode(xray)), 400, "too many pixels", "1,000")
+
+
+def test_400_empty_missing_and_bad_layer(client, xray):
+    assert_error(post(client, b""), 400, "empty")
+    assert_error(post(client, encode(xray), field="image"), 400, "'file'")
+    assert_error(client.post("/api/predict"), 400, "'file'")
+    body = assert_error(post(client, encode(xray), "?cam=1&layer=../../etc/passwd"), 400, "unknown CAM layer")
+    assert "relu" in body["message"]
+
+
+def test_405_404_and_500_are_json(client, app, xray, monkeypatch):
+    assert_error(client.get("/api/predict"), 405, "GET")
+    assert_error(client.post("/healthz"), 405)
+    assert_error(client.get("/no/such/page"), 404)
+
+    def boom(x):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(app.extensions["fracture"], "probability", boom)
+    body = assert_error(post(client, encode(xray)), 500)
+    assert "secret" not in body["message"]
+
+
+# --------------------------------------------------------------------------------------------
+# uploads never touch the disk
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def file_opens(monkeypatch):
+    """Every file opened through builtins.open/os.open (tempfile uses os.open): (path, writing)."""
+    seen = []
+    real_open, real_os_open = builtins.open, os.open
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | getattr(os, "O_TMPFILE", 0)
+
+    def spy_open(file, mode="r", *args, **kwargs):
+        seen.append((str(file), any(c in mode for c in "wax+")))
+        return real_open(file, mode, *args, **kwargs)
+
+    def spy_os_open(path, flags, *args, **kwargs):
+        seen.append((str(path), bool(flags & write_flags)))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    return seen
+
+
+def post_encoded(client, data: bytes, query="", filename="xray.png"):
+    """Like post(), but the multipart body is built in memory first: the test client itself
+    spools bodies over 500 kB to a temporary file, which would hide what the app does."""
+    boundary = "fracture-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return client.post("/api/predict" + query, data=body,
+                       content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def test_uploads_stay_in_memory_and_names_are_ignored(client, file_opens):
+    big = encode(np.random.default_rng(2).integers(0, 255, (900, 900), dtype=np.uint8))
+    assert len(big) > 600 * 1024  # Werkzeug would spool this to a temporary file by default
+    response = post_encoded(client, big, "?cam=1", filename="../../../../tmp/evil.png")
+    assert response.status_code == 200, response.get_json()
+    assert not [path for path, writing in file_opens if writing], f"files written: {file_opens}"
+    assert not [path for path, _ in file_opens if "evil" in path]
+
+
+def test_the_disk_spy_catches_werkzeugs_default_spooling(file_opens):
+    """Control for the test above: a plain Flask app does write the same upload to a temp file."""
+    plain = flask.Flask("plain")
+    plain.post("/api/predict")(lambda: str(len(flask.request.files["file"].read())))
+    big = os.urandom(700 * 1024)
+    assert post_encoded(plain.test_client(), big).data == str(len(big)).encode()
+    assert [path for path, writing in file_opens if writing]
+
+
+# --------------------------------------------------------------------------------------------
+# start-up: which run, and the lazily created module-level app
+# --------------------------------------------------------------------------------------------
+def test_lazy_module_app_uses_the_newest_run(trained_run, monkeypatch, caplog):
+    assert "app" not in vars(app_module)  # nothing is loaded at import time
+    monkeypatch.delenv("FRACTURE_RUN", raising=False)
+    monkeypatch.setenv("FRACTURE_RUNS_DIR", str(Path(trained_run).parent))
+    monkeypatch.setattr(app_module, "_app", None)
+    monkeypatch.setattr(app_module.Predictor, "warm_up", lambda self: 0.0)  # tested with the fixture app
+    caplog.set_level("INFO", logger="fracture.app")
+    lazy = app_module.app
+    assert isinstance(lazy, flask.Flask) and app_module.app is lazy
+    assert lazy.extensions["fracture"].run.name == "tiny"
+    assert "newest in" in caplog.text and "tiny" in caplog.text
+
+
+def test_missing_run_is_a_clear_error(tmp_path, monkeypatch):
+    from fracture.errors import FractureError
+
+    monkeypatch.delenv("FRACTURE_RUN", raising=False)
+    with pytest.raises(FractureError, match="no trained run"):
+        create_app(runs_dir=str(tmp_path))
