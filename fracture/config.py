@@ -31,6 +31,7 @@ class Config:
     weights: str = "imagenet"  # "imagenet" (Keras cache ~/.keras/models), "none", or a weights file path
     allow_random_weights: bool = False  # if ImageNet weights are missing offline: warn and start from scratch
     image_size: int = 224  # square model input, pixels
+    pooling: str = "avg"  # global pooling after the backbone: "avg" or "max" (max finds small lesions faster)
     dense_units: list[int] = field(default_factory=lambda: [512, 256, 64])  # the three dense layers
     dense_activation: str = "relu"  # activation of the dense layers
     dropout: float = 0.3  # after each dense layer
@@ -130,6 +131,7 @@ def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     checks = [
         (cfg.data_format in ("mura", "folders"), "data_format must be 'mura' or 'folders'"),
+        (cfg.pooling in ("avg", "max"), "pooling must be 'avg' or 'max'"),
         (cfg.image_size >= 32, "image_size must be at least 32"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.epochs >= 1, "epochs must be at least 1"),

@@ -231,6 +231,8 @@ def _read_dicom(source) -> np.ndarray:
         image = ds.pixel_array.astype(np.float32)
     except Exception as exc:  # pydicom raises many types for a broken file
         raise ImageError(f"cannot read DICOM: {exc}") from exc
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        image = image[0]  # a multi-frame series: the first frame is the radiograph to classify
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         image = image.max() - image  # MONOCHROME1 stores bone dark; flip to the usual look
     return image

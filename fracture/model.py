@@ -36,7 +36,7 @@ PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", "augment_zoom", "augmen
                      "gray_to_rgb", "backbone_preprocess")
 LOGIT_LAYER = "logit"
 OUTPUT_LAYER = "probability"
-POOL_LAYER = "avg_pool_head"
+POOL_LAYER = "global_pool"
 
 
 def imagenet_weights_file(backbone: str) -> str:
@@ -128,7 +128,8 @@ def build_model(cfg) -> keras.Model:
                        if layer.name not in PREPROCESS_LAYERS and not isinstance(layer, keras.layers.InputLayer)]
     set_trainable(backbone_layers, cfg.trainable_layers)
 
-    x = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(backbone.output)
+    pooling = keras.layers.GlobalMaxPooling2D if cfg.pooling == "max" else keras.layers.GlobalAveragePooling2D
+    x = pooling(name=POOL_LAYER)(backbone.output)
     for i, units in enumerate(cfg.dense_units, start=1):
         x = keras.layers.Dense(units, activation=cfg.dense_activation, name=f"dense_{i}")(x)
         if cfg.dropout:

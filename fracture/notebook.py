@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+import keras  # noqa: F401  imported here so the backend's start-up log lines land in the (unchecked) setup cell
 import numpy as np
 
 from fracture import config as config_lib
@@ -55,7 +56,7 @@ def run_path(params: dict) -> Path:
     from fracture.model import find_run
 
     if profile() == "smoke":
-        cfg = config(params)
+        cfg = config({})  # the smoke run's config; the notebook's other params are not Config keys
         path = Path(cfg.runs_dir) / cfg.run_name
         if not (path / "model.keras").is_file():
             from fracture.train import train
@@ -69,12 +70,13 @@ def run_path(params: dict) -> Path:
 def show_samples(frame, cfg, n: int = 8, seed: int = 0):
     """A row of training images with their labels and patients."""
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     from fracture.data import read_gray
 
     train = frame[frame["split"] == "train"]
-    picks = train.groupby("label", group_keys=False).apply(
-        lambda g: g.sample(min(len(g), n // 2), random_state=seed)).reset_index(drop=True)
+    picks = pd.concat([train[train["label"] == label].sample(min(n // 2, int((train["label"] == label).sum())),
+                                                                random_state=seed) for label in (0, 1)])
     fig, axes = plt.subplots(1, len(picks), figsize=(2 * len(picks), 2.6))
     for ax, row in zip(np.atleast_1d(axes), picks.itertuples()):
         ax.imshow(read_gray(row.path), cmap="gray")

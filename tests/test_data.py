@@ -132,7 +132,7 @@ def test_any_depth_and_channels_become_gray_uint8(tmp_path, make):
     assert gray[0, 0] == 0 and gray[5, 5] == (255 if image.dtype == np.uint16 else 7)
 
 
-def test_dicom_is_read(tmp_path):
+def _dicom(path, pixels):
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -140,16 +140,29 @@ def test_dicom_is_read(tmp_path):
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(tmp_path / "x.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    pixels = np.arange(12 * 8, dtype=np.uint16).reshape(12, 8) * 40
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 12, 8, 1, "MONOCHROME2"
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = *pixels.shape[-2:], 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
-    gray = data.read_gray(tmp_path / "x.dcm")
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_multi_frame_dicom_uses_the_first_frame(tmp_path):
+    frames = np.stack([np.arange(12 * 8).reshape(12, 8) * 40, np.zeros((12, 8))])
+    gray = data.read_gray(_dicom(tmp_path / "multi.dcm", frames))
     assert gray.shape == (12, 8) and gray[0, 0] == 0 and gray[-1, -1] == 255
-    assert (data.decode_bytes((tmp_path / "x.dcm").read_bytes()) == gray).all()
+
+
+def test_dicom_is_read(tmp_path):
+    pixels = np.arange(12 * 8, dtype=np.uint16).reshape(12, 8) * 40
+    path = _dicom(tmp_path / "x.dcm", pixels)
+    gray = data.read_gray(path)
+    assert gray.shape == (12, 8) and gray[0, 0] == 0 and gray[-1, -1] == 255
+    assert (data.decode_bytes(path.read_bytes()) == gray).all()
 
 
 def test_cache_decodes_once_and_reports_unreadable(tmp_path, synth_root, monkeypatch):

@@ -29,7 +29,7 @@ def test_graph_is_flat_with_inner_layers_reachable(densenet):
 
 def test_top_n_backbone_layers_unfrozen(densenet):
     names = [layer.name for layer in densenet.layers]
-    backbone = names[names.index("backbone_preprocess") + 1:names.index("avg_pool_head")]
+    backbone = names[names.index("backbone_preprocess") + 1:names.index("global_pool")]
     trainable = [n for n in backbone if densenet.get_layer(n).trainable]
     assert trainable == backbone[-60:]
     assert densenet.get_layer("conv2_block1_0_bn").trainable is False

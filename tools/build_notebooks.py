@@ -24,12 +24,12 @@ def code(text, tags=()):
     return cell
 
 
-SETUP = code("""
+STARTUP = "# NBVAL_IGNORE_OUTPUT (the backend prints start-up log lines with timestamps)\n"
+SETUP = code(STARTUP + """
 import fracture as fr
 from fracture import notebook as nb
 
 cfg = nb.config(PARAMS)
-print("profile:", nb.profile())
 """)
 
 TRAIN = [
@@ -60,7 +60,8 @@ PARAMS = dict(
     md("## Setup\nThe parameters become a checked `Config`; an unknown key or a bad value stops here "
        "with a message naming it. You should see which profile is active."),
     SETUP,
-    code('{key: getattr(cfg, key) for key in ("data_dir", "image_size", "batch_size", "epochs", "weights", '
+    code('print("profile:", nb.profile())\n'
+         '{key: getattr(cfg, key) for key in ("data_dir", "image_size", "batch_size", "epochs", "weights", '
          '"trainable_layers")}'),
     md("## Data\nOne table row per image: path, label (from the study folder), patient, study, "
        "study type and split. MURA's `valid` is our test set; validation patients are carved out of "
@@ -131,7 +132,7 @@ PARAMS = dict(
     SETUP,
     code("""
 run = fr.load_run(nb.run_path(PARAMS))
-print("run:", run.path)
+print("profile:", nb.profile(), "| run:", run.path)
 print("backbone:", run.config.backbone, "| input:", run.model.input_shape, "| threshold:", run.config.threshold)
 """),
     md("## Re-evaluate\nThe test split is read again from the run's data source and scored. You should "
@@ -188,13 +189,14 @@ PARAMS = dict(
 )
 """, tags=["parameters"]),
     md("## Setup\nYou should see the profile and the run."),
-    code("""
+    code(STARTUP + """
 import matplotlib.pyplot as plt
 
 import fracture as fr
 from fracture import cam
 from fracture import notebook as nb
-
+"""),
+    code("""
 run = fr.load_run(nb.run_path(PARAMS))
 print("profile:", nb.profile(), "| run:", run.path)
 """),
