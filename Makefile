@@ -10,6 +10,7 @@ SYNTH := data/synthetic/MURA-v1.1
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +63,6 @@ mlflow-ui: $(STAMP) ## browse the experiment store at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui
 
 clean: ## remove generated data, runs, maps and caches (not .venv)
-	rm -rf data/synthetic data/processed saved_models/*/ layer_outputs/*/ mlruns .pytest_cache
+	rm -rf data/synthetic data/processed saved_models/*/ layer_outputs/*/ mlruns mlflow.db .pytest_cache
 
 .PHONY: help venv browser data demo test notebooks benchmarks mlflow-ui clean

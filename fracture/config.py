@@ -56,7 +56,7 @@ class Config:
     # --- outputs ----------------------------------------------------------------------------
     runs_dir: str = "saved_models"  # where run folders are written
     run_name: str = ""  # empty = timestamp + backbone; an existing run with this name resumes
-    mlflow: bool = True  # log the run to MLflow (MLFLOW_TRACKING_URI or ./mlruns)
+    mlflow: bool = True  # log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db + ./mlruns)
     mlflow_experiment: str = "fracture"  # MLflow experiment name
 
     def to_dict(self) -> dict:

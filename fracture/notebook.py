@@ -16,6 +16,12 @@ import numpy as np
 
 from fracture import config as config_lib
 
+# Jupyter starts kernels in notebooks/; the notebooks' paths (data/, saved_models/, layer_outputs/)
+# mean the repository's folders, so work from the repository root.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if (REPO_ROOT / "notebooks").is_dir():
+    os.chdir(REPO_ROOT)
+
 PROFILE_ENV = "FRACTURE_NOTEBOOK_PROFILE"
 SMOKE_DATA = "data/synthetic-smoke"
 SMOKE_RUNS = "saved_models/smoke"

@@ -1,0 +1,434 @@
+"""MLflow experiment tracking: every training run recorded, comparable and browsable with `mlflow ui`.
+
+    tracker = start(cfg, run_dir, frame)    # None when MLflow cannot be reached (one warning)
+    callbacks.append(tracker.callback())    # per-epoch loss, AUC, accuracy, learning rate
+    tracker.finish(metrics, run_dir, best)  # final metrics, artifacts, the model; run FINISHED
+    tracker.fail(exc)                        # or: the run ends FAILED (KILLED on Ctrl-C)
+
+Store: `MLFLOW_TRACKING_URI` when set (a remote `mlflow server`, another database...), else the
+SQLite file `./mlflow.db` with artifacts in `./mlruns/`: exactly what `mlflow ui` started in the
+same folder (the repo root) reads with no arguments in MLflow 3.
+
+Tracking never breaks training: any MLflow error logs one warning, switches tracking off for the
+rest of the run, and the run folder is written in full as without MLflow. HTTP retries and
+timeouts are bounded while we talk to a server (a user's own MLFLOW_HTTP_REQUEST_* values win),
+so an unreachable server costs seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from fracture.errors import FractureError
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id.txt"  # line 1: run id, line 2: tracking URI
+LOCAL_DB = "mlflow.db"  # the default store, relative to the working directory
+RUN_FILES = ["config.yaml", "history.csv", "metrics.json", "predictions_val.csv", "predictions_test.csv",
+             "skipped.csv"]
+FINAL_KEYS = ("auc", "kappa", "accuracy", "sensitivity", "specificity")
+SUMMARY_KEYS = ("best_epoch", "epochs_run", "train_seconds", "train_images_per_second", "trainable_params",
+                "frozen_params", "skipped_files")
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3 UI: model-training view instead of GenAI
+PROBE = dict(retries=0, timeout=10)  # first contact and last-gasp calls: fail fast
+STEADY = dict(retries=2, timeout=60)  # later calls: ride out a blip, not an outage
+
+
+# --------------------------------------------------------------------------------------------
+# where the store is
+# --------------------------------------------------------------------------------------------
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI (or mlflow.set_tracking_uri) when set, else ./mlflow.db as an absolute URI."""
+    import mlflow
+
+    if mlflow.is_tracking_uri_set():
+        return mlflow.get_tracking_uri()
+    return f"sqlite:///{Path.cwd() / LOCAL_DB}"
+
+
+def _artifact_location(uri: str, cfg) -> str | None:
+    """For a local SQLite store: artifacts in `mlruns/` beside the database file. (MLflow's own
+    default is ./mlruns of whatever folder the process runs in, which scatters them.)"""
+    if not uri.startswith("sqlite:///"):
+        return None  # a server or file store decides itself
+    name = re.sub(r"[^\w.-]+", "_", cfg.mlflow_experiment)
+    database = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
+    return (database.parent / "mlruns" / name).as_uri()
+
+
+def _missing_local_store(uri: str) -> bool:
+    return uri == f"sqlite:///{Path.cwd() / LOCAL_DB}" and not (Path.cwd() / LOCAL_DB).is_file()
+
+
+@contextlib.contextmanager
+def _http_limits(retries: int, timeout: int):
+    """Bound MLflow's HTTP retries and timeout inside the block; values the user set are kept."""
+    added = []
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", retries), ("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout)):
+        if key not in os.environ:
+            os.environ[key] = str(value)
+            added.append(key)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+# --------------------------------------------------------------------------------------------
+# what identifies a run: data, code, environment
+# --------------------------------------------------------------------------------------------
+def dataset_fingerprint(frame) -> str:
+    """sha1 of the sorted (path relative to the data root, label) list: same files and labels, same print."""
+    paths = [str(p) for p in frame["path"]]
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
+    lines = sorted(f"{os.path.relpath(p, root)}\t{int(label)}" for p, label in zip(paths, frame["label"]))
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def git_commit() -> tuple[str, bool | None]:
+    """(HEAD commit of the checkout holding this package, whether tracked files differ) or ("unknown", None)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+    return commit, bool(status.strip())
+
+
+def run_tags(cfg, run_dir: Path, frame=None) -> dict[str, str]:
+    import keras
+
+    import fracture
+
+    commit, dirty = git_commit()
+    run_dir = Path(run_dir).resolve()
+    tags = {
+        "backbone": cfg.backbone,
+        "study_type": cfg.study_type,
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
+        "keras_backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "fracture_version": fracture.__version__,
+        "run_dir": str(run_dir),
+        # Shown by the MLflow UI: source commit and the run's description.
+        "mlflow.source.name": "fracture train",
+        "mlflow.note.content": f"Run folder: `{run_dir}`",
+    }
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    if frame is not None and len(frame):  # without the index, keep whatever print the run has
+        tags["dataset_fingerprint"] = dataset_fingerprint(frame)
+    return tags
+
+
+def read_run_id(run_dir) -> tuple[str, str] | None:
+    """(run id, tracking URI) recorded in a run folder, or None when the run was not tracked."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if not path.is_file():
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return (lines[0], lines[1] if len(lines) > 1 else tracking_uri()) if lines else None
+
+
+# --------------------------------------------------------------------------------------------
+# the tracker
+# --------------------------------------------------------------------------------------------
+class MlflowTracker:
+    """One MLflow run mirroring one run folder. Every method is a no-op once tracking stopped."""
+
+    def __init__(self, client, run_id: str, uri: str):
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.active = True
+
+    def _call(self, what: str, fn, *args, limits=STEADY) -> bool:
+        if not self.active:
+            return False
+        try:
+            with _http_limits(**limits):
+                fn(*args)
+            return True
+        except Exception as exc:  # MLflow raises many types (MlflowException, requests, sqlalchemy)
+            self.active = False
+            log.warning("MLflow tracking stopped for this run (%s failed: %s: %s); training goes on and the "
+                        "run folder is complete without it", what, type(exc).__name__, exc)
+            with contextlib.suppress(Exception), _http_limits(**PROBE):
+                self.client.set_terminated(self.run_id, "FAILED")
+            return False
+
+    # --- during training --------------------------------------------------------------------
+    def log_epoch(self, epoch: int, logs: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(epoch)) for key, value in logs.items()
+                   if isinstance(value, (int, float)) or getattr(value, "ndim", None) == 0]
+        self._call(f"logging epoch {epoch + 1}", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+
+    def callback(self):
+        """A Keras callback logging each epoch's logs (loss, auc, accuracy, val_*, learning_rate) at step=epoch."""
+        import keras
+
+        tracker = self
+
+        class MlflowEpochLogger(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = dict(logs or {})
+                if "learning_rate" not in logs and hasattr(self.model.optimizer, "learning_rate"):
+                    logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                logs["epoch_seconds"] = time.perf_counter() - getattr(self, "started", time.perf_counter())
+                tracker.log_epoch(epoch, logs)
+
+        return MlflowEpochLogger()
+
+    # --- at the end -------------------------------------------------------------------------
+    def finish(self, metrics: dict, run_dir, model=None) -> bool:
+        """Final metrics (`test_study_auc`...), run-folder files, plots and the model; the run ends FINISHED."""
+        run_dir = Path(run_dir)
+        ok = self._call("logging final metrics", self._log_final_metrics, metrics)
+        ok = ok and self._call("logging artifacts", self._log_run_files, run_dir)
+        if model is not None:
+            ok = ok and self._call("logging the model", self._log_model, model, run_dir)
+        ok = ok and self._call("ending the run", lambda: self.client.set_terminated(self.run_id, "FINISHED"))
+        if ok:
+            log.info("MLflow run %s in %s", self.run_id, self.uri)
+        return ok
+
+    def fail(self, exc: BaseException | None = None) -> None:
+        """End the run FAILED (KILLED for Ctrl-C), noting the error, when training raised."""
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        note = f"{type(exc).__name__}: {exc}"[:5000] if exc is not None else status
+
+        def end():
+            self.client.set_tag(self.run_id, "error", note)
+            self.client.set_terminated(self.run_id, status)
+
+        self._call("ending the failed run", end, limits=PROBE)
+
+    def _log_final_metrics(self, metrics: dict) -> None:
+        from mlflow.entities import Metric
+
+        now, step = int(time.time() * 1000), 0  # one value per run: MLflow's convention is step 0
+        values = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
+        values.update({f"{split}_images": n for split, n in metrics.get("counts", {}).items()})
+        for split in ("val", "test"):
+            for level in ("image", "study"):
+                for key in FINAL_KEYS:
+                    if key in metrics.get(split, {}).get(level, {}):
+                        values[f"{split}_{level}_{key}"] = metrics[split][level][key]
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def _log_run_files(self, run_dir: Path) -> None:
+        for name in RUN_FILES:
+            if (run_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(run_dir / name))
+        if (run_dir / "plots").is_dir():
+            self.client.log_artifacts(self.run_id, str(run_dir / "plots"), "plots")
+
+    def _log_model(self, model, run_dir: Path) -> None:
+        """MLflow's Keras flavor under `model/` (loads with mlflow.keras / mlflow.pyfunc once
+        `fracture` is imported: it registers the model's preprocessing layer). Should the flavor fail
+        on some backend or MLflow version, `model/` holds the plain model.keras and its signature."""
+        signature = model_signature(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "model"
+            try:
+                import mlflow.keras
+
+                mlflow.keras.save_model(model, str(local), signature=signature, pip_requirements=requirements(),
+                                        metadata={"input": "raw grayscale pixels 0-255, float32 (N, S, S, 1)",
+                                                  "output": "fracture probability (N, 1)",
+                                                  "load_note": "import fracture before loading"})
+            except Exception as exc:
+                log.warning("MLflow Keras flavor failed (%s); logging model.keras with its signature instead", exc)
+                shutil.rmtree(local, ignore_errors=True)
+                local.mkdir()
+                shutil.copy2(run_dir / "model.keras", local / "model.keras")
+                (local / "signature.json").write_text(json.dumps(signature.to_dict(), indent=2))
+            self.client.log_artifacts(self.run_id, str(local), "model")
+
+
+def model_signature(model):
+    """Raw grayscale pixels (N, S, S, 1) float32 -> probability (N, 1): the model's own contract."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    shape = tuple(-1 if d is None else int(d) for d in model.inputs[0].shape)
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), shape)]),
+                          outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1))]))
+
+
+def requirements() -> list[str]:
+    """Pinned Keras, backend and MLflow: given explicitly, so MLflow skips its slow inference subprocess."""
+    from importlib import metadata
+
+    import keras
+
+    backends = {"tensorflow": ["tensorflow-cpu", "tensorflow"], "jax": ["jax"], "torch": ["torch"]}
+    pins = []
+    for group in (["keras"], backends.get(keras.backend.backend(), []), ["mlflow"]):
+        for name in group:  # the first installed name of each group
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                pins.append(f"{name}=={metadata.version(name)}")
+                break
+    return pins
+
+
+# --------------------------------------------------------------------------------------------
+# starting a run (or reopening the one a resumed run folder recorded)
+# --------------------------------------------------------------------------------------------
+def start(cfg, run_dir, frame=None) -> MlflowTracker | None:
+    """Start (or, for a resumed run folder, reopen) the MLflow run for `run_dir`; None if MLflow fails."""
+    run_dir = Path(run_dir)
+    uri = tracking_uri()
+    run_id = None
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Param, RunTag
+
+        client = MlflowClient(tracking_uri=uri)
+        with _http_limits(**PROBE):
+            experiment_id = _experiment_id(client, cfg, uri)
+        with _http_limits(**STEADY):
+            run_id, logged = _reopen(client, run_dir, uri)
+            if run_id is None:
+                run_id = client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+            params = [Param(k, str(v)) for k, v in cfg.to_dict().items() if k not in logged]
+            tags = [RunTag(k, v) for k, v in run_tags(cfg, run_dir, frame).items()]
+            client.log_batch(run_id, params=params, tags=tags)
+        (run_dir / RUN_ID_FILE).write_text(f"{run_id}\n{uri}\n")
+    except Exception as exc:  # unreachable server, bad URI, locked database...
+        log.warning("MLflow tracking is off for this run: cannot use the store %s (%s: %s); training goes on "
+                    "and the run folder is complete without it", uri, type(exc).__name__, exc)
+        if run_id is not None:
+            with contextlib.suppress(Exception), _http_limits(**PROBE):
+                client.set_terminated(run_id, "FAILED")
+        return None
+    log.info("MLflow run %s (experiment '%s') in %s", run_id, cfg.mlflow_experiment, uri)
+    return MlflowTracker(client, run_id, uri)
+
+
+def _experiment_id(client, cfg, uri: str) -> str:
+    """The experiment's id, creating it if needed, marked as model training (not GenAI) for the UI."""
+    experiment = client.get_experiment_by_name(cfg.mlflow_experiment)
+    if experiment is None:
+        return client.create_experiment(cfg.mlflow_experiment, _artifact_location(uri, cfg),
+                                        tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind someone chose in the UI stays
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    return experiment.experiment_id
+
+
+def _reopen(client, run_dir: Path, uri: str) -> tuple[str | None, set]:
+    """A resumed run folder continues its MLflow run: (run id, params already logged), else (None, {})."""
+    recorded = read_run_id(run_dir)
+    if recorded is None or recorded[1] != uri:
+        return None, set()
+    try:
+        run = client.get_run(recorded[0])
+    except Exception:  # deleted from the store: start a new run
+        return None, set()
+    client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id, set(run.data.params)
+
+
+# --------------------------------------------------------------------------------------------
+# adding files later (CAM panels), from any process
+# --------------------------------------------------------------------------------------------
+def log_artifacts(run_dir, paths, artifact_path: str | None = None) -> bool:
+    """Add files or folders to the MLflow run that `run_dir` recorded (no-op for untracked runs).
+
+    For work done after training, e.g. CAM panels: reopens the run by the id in mlflow_run_id.txt.
+    Returns whether everything was logged; MLflow errors become one warning.
+    """
+    recorded = read_run_id(run_dir)
+    if recorded is None:
+        return False
+    run_id, uri = recorded
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        with _http_limits(**STEADY):
+            for path in map(Path, paths):
+                if path.is_dir():
+                    client.log_artifacts(run_id, str(path), "/".join(filter(None, [artifact_path, path.name])))
+                else:
+                    client.log_artifact(run_id, str(path), artifact_path)
+    except Exception as exc:
+        log.warning("could not add %s to MLflow run %s in %s (%s: %s)", artifact_path or "files", run_id, uri,
+                    type(exc).__name__, exc)
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# `python -m fracture runs`
+# --------------------------------------------------------------------------------------------
+TABLE_PARAMS = ["backbone", "image_size", "trainable_layers", "learning_rate", "gamma"]
+TABLE_METRICS = ["test_study_auc", "test_study_kappa", "test_image_auc", "test_image_sensitivity",
+                 "test_image_specificity"]
+
+
+def best_runs(sort: str = "test_study_auc", limit: int = 10, experiment: str = "fracture"):
+    """A DataFrame of the `limit` finished runs with the highest `sort` metric in `experiment`."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    if _missing_local_store(uri):
+        raise FractureError(f"no MLflow store here ({Path.cwd() / LOCAL_DB} does not exist): train a run with "
+                            "mlflow=true first, run this from the repo root, or set MLFLOW_TRACKING_URI")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        with _http_limits(**PROBE):
+            found = client.get_experiment_by_name(experiment)
+            runs = [] if found is None else client.search_runs(
+                [found.experiment_id], order_by=[f"metrics.`{sort}` DESC"], max_results=max(limit, 1) * 5)
+    except Exception as exc:
+        raise FractureError(f"cannot read the MLflow store {uri}: {type(exc).__name__}: {exc}") from exc
+    if found is None:
+        raise FractureError(f"no MLflow experiment '{experiment}' in {uri}; train with mlflow=true "
+                            "(mlflow_experiment=NAME picks the experiment)")
+    if not any(sort in r.data.metrics for r in runs):
+        known = sorted({k for r in runs for k in r.data.metrics})
+        raise FractureError(f"no run in experiment '{experiment}' has the metric '{sort}'; "
+                            f"known metrics: {', '.join(known) or 'none yet'}")
+    rows = []
+    for r in runs:
+        if sort not in r.data.metrics:
+            continue
+        row = {"run": r.info.run_name, "run_id": r.info.run_id[:8]}
+        row.update({p: r.data.params.get(p, "") for p in TABLE_PARAMS})
+        row.update({m: r.data.metrics.get(m) for m in dict.fromkeys([sort, *TABLE_METRICS])})
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(sort, ascending=False, kind="stable", na_position="last")
+    return table.head(limit).reset_index(drop=True)
+
+
+def cli_runs(args) -> None:
+    import pandas as pd
+
+    table = best_runs(args.sort, args.limit, args.experiment)
+    print(f"best {len(table)} runs by {args.sort} (experiment '{args.experiment}', store {tracking_uri()}):")
+    with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 40):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))

@@ -1,0 +1,236 @@
+"""MLflow tracking against real stores, no mocks: a temporary SQLite store, a real `mlflow server`
+on a free 127.0.0.1 port, and an unreachable one. Three tiny trainings (DenseNet121, 32 px) in all;
+every assertion about the SQLite store reads back the one module-scoped run."""
+
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+import fracture as fr
+from fracture import config, tracking
+from fracture.cli import main
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+EPOCH_METRICS = ["loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy", "learning_rate"]
+RUN_ARTIFACTS = ["config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_test.csv",
+                 "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png", "model/MLmodel",
+                 "model/data/model.keras"]
+RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_test.csv",
+             "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png"]
+
+
+def artifact_paths(client, run_id, path=None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_run_matches_folder(client, run_dir: Path, epochs: int) -> str:
+    """The assertions every tracked run must pass, whatever the store. Returns the run id."""
+    run_id, uri = (run_dir / tracking.RUN_ID_FILE).read_text().split("\n")[:2]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    cfg = config.load(run_dir / "config.yaml")
+    assert run.data.params == {k: str(v) for k, v in cfg.to_dict().items()}
+    history = pd.read_csv(run_dir / "history.csv")
+    for key in EPOCH_METRICS:
+        points = client.get_metric_history(run_id, key)
+        assert [p.step for p in points] == list(range(epochs)), key
+        np.testing.assert_allclose([p.value for p in points], history[key], rtol=1e-5, err_msg=key)
+    stored = json.loads((run_dir / "metrics.json").read_text())
+    for level in ("image", "study"):
+        for key in ("auc", "kappa", "accuracy", "sensitivity", "specificity"):
+            logged, expected = run.data.metrics[f"test_{level}_{key}"], stored["test"][level][key]
+            assert logged == pytest.approx(expected) or (math.isnan(logged) and math.isnan(expected))
+    tags = run.data.tags
+    assert tags["run_dir"] == str(run_dir.resolve()) and tags["backbone"] == "DenseNet121"
+    assert tags["keras_backend"] == keras.backend.backend() and tags["fracture_version"] == fr.__version__
+    assert tags["study_type"] == "XR_HUMERUS" and tags["git_commit"]
+    assert tags["dataset_fingerprint"] == tracking.dataset_fingerprint(fr.load_index(cfg))
+    assert set(RUN_ARTIFACTS) <= artifact_paths(client, run_id)
+    return run_id
+
+
+# --------------------------------------------------------------------------------------------
+# a temporary local store (SQLite, as the repo default)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_run(train_data, tmp_path_factory):
+    """One tiny 2-epoch run tracked in a temporary SQLite store (via MLFLOW_TRACKING_URI)."""
+    tmp = tmp_path_factory.mktemp("mlflow_local")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        run_dir = fr.train(tiny_config(tmp, train_data, mlflow=True, epochs=2, run_name="tracked"))
+    client = MlflowClient(uri)
+    return SimpleNamespace(run_dir=run_dir, uri=uri, client=client, tmp=tmp,
+                           run_id=check_run_matches_folder(client, run_dir, epochs=2))
+
+
+def test_local_store_holds_params_epoch_metrics_final_metrics_tags_and_artifacts(local_run):
+    assert (local_run.run_dir / tracking.RUN_ID_FILE).read_text() == f"{local_run.run_id}\n{local_run.uri}\n"
+    run = local_run.client.get_run(local_run.run_id)
+    assert run.data.metrics["skipped_files"] == 1 and run.data.metrics["train_images"] > 0
+    # Artifacts land beside the database, not in ./mlruns of whatever folder pytest runs in.
+    assert run.info.artifact_uri.startswith((local_run.tmp / "mlruns").as_uri())
+
+
+@pytest.mark.backend
+def test_logged_model_loads_with_mlflow_and_predicts_like_the_run(local_run, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_run.uri)  # runs:/ URIs resolve in the current store
+    stored = pd.read_csv(local_run.run_dir / "predictions_test.csv").head(4)
+    images, ok, _ = fr.load_images(stored["path"], 32)
+    assert ok.all()
+    model = mlflow.pyfunc.load_model(f"runs:/{local_run.run_id}/model")
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 32, 32, 1)
+    probabilities = np.asarray(model.predict(images.astype(np.float32))).ravel()
+    np.testing.assert_allclose(probabilities, stored["probability"], atol=1e-5)
+
+
+def test_runs_cli_prints_the_best_runs_from_the_store(local_run, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_run.uri)
+    assert main(["runs", "--sort", "val_study_auc", "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "tracked" in out and "val_study_auc" in out and "DenseNet121" in out and local_run.run_id[:8] in out
+
+    assert main(["runs", "--sort", "no_such_metric"]) == 2
+    assert "no run in experiment 'fracture' has the metric 'no_such_metric'" in capsys.readouterr().err
+    assert main(["runs", "--experiment", "nope"]) == 2
+    assert "no MLflow experiment 'nope'" in capsys.readouterr().err
+
+
+def test_runs_cli_without_a_local_store_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs"]) == 2
+    assert "no MLflow store here" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_log_artifacts_adds_later_files_to_the_recorded_run(local_run, tmp_path):
+    panel = tmp_path / "panel.png"
+    panel.write_bytes(b"png")
+    folder = tmp_path / "image1"
+    folder.mkdir()
+    (folder / "gradcam.png").write_bytes(b"png")
+    assert tracking.log_artifacts(local_run.run_dir, [panel, folder], "cam")
+    assert {"cam/panel.png", "cam/image1/gradcam.png"} <= artifact_paths(local_run.client, local_run.run_id, "cam")
+    assert not tracking.log_artifacts(tmp_path, [panel], "cam")  # an untracked folder: nothing to do
+
+
+def test_a_resumed_run_folder_reopens_its_mlflow_run(local_run, train_data, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_run.uri)
+    cfg = config.load(local_run.run_dir / "config.yaml")
+    tracker = tracking.start(cfg, local_run.run_dir)
+    try:
+        assert tracker.run_id == local_run.run_id
+        assert local_run.client.get_run(local_run.run_id).info.status == "RUNNING"
+    finally:
+        local_run.client.set_terminated(local_run.run_id, "FINISHED")
+
+
+def test_a_run_that_raises_ends_failed_with_the_error(train_data, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # An unknown backbone fails in build_model: after the MLflow run started, before any training.
+    with pytest.raises(fr.FractureError, match="unknown backbone"):
+        fr.train(tiny_config(tmp_path, train_data, mlflow=True, backbone="NoSuchNet", run_name="broken"))
+    run_id = (tmp_path / "runs" / "broken" / tracking.RUN_ID_FILE).read_text().split()[0]
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FAILED" and "unknown backbone" in run.data.tags["error"]
+
+
+# --------------------------------------------------------------------------------------------
+# a real tracking server
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on a free 127.0.0.1 port (SQLite backend, proxied artifacts); stopped after."""
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
+    command += ["server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                "--artifacts-destination", str(tmp_path / "server_artifacts"),
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    server_log = open(tmp_path / "server.log", "wb")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)  # the server and its uvicorn worker
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait()
+        server_log.close()
+
+
+def test_training_against_a_real_mlflow_server(mlflow_server, train_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    run_dir = fr.train(tiny_config(tmp_path, train_data, mlflow=True, run_name="served"))
+    run_id = check_run_matches_folder(MlflowClient(mlflow_server), run_dir, epochs=1)
+    assert (run_dir / tracking.RUN_ID_FILE).read_text() == f"{run_id}\n{mlflow_server}\n"
+    assert list((tmp_path / "server_artifacts").rglob("model.keras"))  # uploaded through the server
+
+
+# --------------------------------------------------------------------------------------------
+# no store at all
+# --------------------------------------------------------------------------------------------
+def test_unreachable_server_warns_fast_and_the_run_folder_is_complete(train_data, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = tiny_config(tmp_path, train_data, mlflow=True, run_name="offline")
+
+    started = time.perf_counter()
+    assert tracking.start(cfg, tmp_path / "probe") is None
+    assert time.perf_counter() - started < 20  # seconds, not MLflow's default minutes of retries
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the fast-fail limits were scoped
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fracture.tracking"):
+        run_dir = fr.train(cfg)
+    warnings = [r for r in caplog.records if r.name == "fracture.tracking"]
+    assert len(warnings) == 1 and "MLflow tracking is off for this run" in warnings[0].getMessage()
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / tracking.RUN_ID_FILE).exists()
