@@ -125,7 +125,7 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, tracker) -> tuple
         if needed not in arrays or not len(arrays[needed][1]):
             raise DataError(f"no readable '{needed}' images in {cfg.data_dir}")
     train_frame, x_train, y_train = arrays["train"]
-    val_frame, x_val, y_val = arrays["val"]
+    _, x_val, y_val = arrays["val"]
 
     weights = class_weights(train_frame) if cfg.class_weighting else {0: 1.0, 1: 1.0}
     sample_weights = np.where(y_train == 1, weights[1], weights[0]).astype(np.float32)
@@ -158,20 +158,15 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, tracker) -> tuple
         "counts": {split: int(len(a[1])) for split, a in arrays.items()},
         "skipped_files": int(len(skipped)),
     }
-    scored_test = None
+    scored = {}
     for split in ("val", "test"):
-        if split not in arrays:
-            continue
-        part, images, _ = arrays[split]
-        part = part.assign(probability=predict_images(best, images, cfg.batch_size))
-        metrics[split] = score_frame(part, cfg.threshold)
-        part.to_csv(run_dir / f"predictions_{split}.csv", index=False)
-        log.info("%s:\n%s", split, format_table(metrics[split]))
-        if split == "test":
-            scored_test = part
-    eval_split = "test" if scored_test is not None else "val"
-    plot_frame = scored_test if scored_test is not None else val_frame.assign(
-        probability=predict_images(best, x_val, cfg.batch_size))
-    save_plots(history, plot_frame, metrics[eval_split], run_dir / "plots", cfg.threshold)
+        if split in arrays:
+            part, images, _ = arrays[split]
+            scored[split] = part.assign(probability=predict_images(best, images, cfg.batch_size))
+            metrics[split] = score_frame(scored[split], cfg.threshold)
+            scored[split].to_csv(run_dir / f"predictions_{split}.csv", index=False)
+            log.info("%s:\n%s", split, format_table(metrics[split]))
+    plot_split = "test" if "test" in scored else "val"  # ROC and confusion matrix of the held-out data
+    save_plots(history, scored[plot_split], metrics[plot_split], run_dir / "plots", cfg.threshold)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics, best

@@ -98,7 +98,6 @@ def test_local_store_holds_params_epoch_metrics_final_metrics_tags_and_artifacts
     assert run.info.artifact_uri.startswith((local_run.tmp / "mlruns").as_uri())
 
 
-@pytest.mark.backend
 def test_logged_model_loads_with_mlflow_and_predicts_like_the_run(local_run, monkeypatch):
     import mlflow
 

@@ -1,0 +1,345 @@
+"""CAMs: method x layer x batch size on a tiny conv net trained on a planted signal (on every
+backend), exact gradients on its last layer, DenseNet121 inner layers, the localization and
+faithfulness measures, overlays, grids, panels and the CLI verb."""
+
+import dataclasses
+import re
+import shutil
+import sys
+import types
+
+import keras
+import numpy as np
+import pytest
+
+from fracture import cam
+from fracture.errors import FractureError
+
+BACKEND = keras.backend.backend()  # in every backend test's id, so the output shows which ran
+SIZE, PATCH = 32, 5
+# early: full resolution; inner: inside a residual block (its input also feeds the skip path,
+# like DenseNet's conv3_block2_1_relu); last: the layer before global pooling (8x8).
+LAYERS = ["early", "inner", "last"]
+
+
+def tiny_model():
+    L = keras.layers
+    image = keras.Input((SIZE, SIZE, 1), name="image")
+    x = L.Rescaling(1 / 255.0, name="scale")(image)
+    early = L.Conv2D(8, 3, padding="same", activation="relu", name="early")(x)
+    middle = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="middle")(early)
+    inner = L.Conv2D(8, 3, padding="same", activation="relu", name="inner")(middle)
+    block = L.Add(name="skip")([middle, L.Conv2D(8, 3, padding="same", name="inner_out")(inner)])
+    block = L.ReLU(name="block")(block)
+    last = L.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="last")(block)
+    logit = L.Dense(1, name="logit")(L.GlobalAveragePooling2D(name="pool")(last))
+    return keras.Model(image, L.Activation("sigmoid", name="probability")(logit))
+
+
+def planted_images(n, seed):
+    """Dim noise; every odd image (label 1) carries one bright 5x5 patch at a random place.
+    Returns images, labels and the patch boxes (x0, y0, x1, y1), drawn for negatives too."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 60, (n, SIZE, SIZE, 1)).astype(np.float32)
+    y = (np.arange(n) % 2 == 0).astype(np.float32)
+    boxes = np.zeros((n, 4), int)
+    for i in range(n):
+        r, c = rng.integers(1, SIZE - PATCH - 1, 2)
+        boxes[i] = c, r, c + PATCH, r + PATCH
+        if y[i]:
+            x[i, r:r + PATCH, c:c + PATCH] = rng.uniform(200, 255)
+    return np.round(x), y, boxes  # whole pixel values, as decoded images have
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """The tiny net trained until it detects the patch: (model, test images, labels, boxes)."""
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["accuracy"])
+    x, y, _ = planted_images(128, seed=0)
+    model.fit(x, y, epochs=10, batch_size=16, verbose=0)
+    xt, yt, bt = planted_images(6, seed=1)  # test order: pos, neg, pos, neg, pos, neg
+    accuracy = np.mean((model.predict(xt, verbose=0)[:, 0] > 0.5) == yt)
+    assert accuracy == 1.0, f"the planted-signal net did not learn on {BACKEND}"
+    return model, xt, yt, bt
+
+
+def positives(planted):
+    model, x, y, boxes = planted
+    return model, x[y == 1], boxes[y == 1]
+
+
+# --------------------------------------------------------------------------------------------
+# every method x layer x batch size, on every backend
+# --------------------------------------------------------------------------------------------
+@pytest.mark.backend
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("method", cam.METHODS)
+@pytest.mark.parametrize("backend", [BACKEND])
+def test_maps_shape_range_and_target(planted, backend, method, layer, batch):
+    model, x, _, _ = planted
+    images = x[:batch]
+    fracture = cam.cam_maps(model, images, [layer], method)[layer]
+    normal = cam.cam_maps(model, images, layer, method, target="normal")[layer]
+    raw = cam.cam_maps(model, images.astype(np.uint8), [layer], method, normalize=False)[layer]
+    for maps in (fracture, normal, raw):
+        assert maps.shape == (batch, SIZE, SIZE) and maps.dtype == np.float32
+        assert np.isfinite(maps).all()
+    assert fracture.min() >= 0 and fracture.max() <= 1 and raw.min() >= 0
+    np.testing.assert_allclose(cam.normalize_maps(raw), fracture, atol=1e-4)  # uint8 input = float input
+    assert not np.allclose(fracture, normal, atol=1e-3), "fracture and normal maps should differ"
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("method", cam.METHODS)
+@pytest.mark.parametrize("backend", [BACKEND])
+def test_planted_patch_is_found(planted, backend, method, layer):
+    """The map's maximum lands on the bright patch in every positive image (within one cell of
+    the layer's grid, since a coarse map is upsampled)."""
+    model, x, boxes = positives(planted)
+    maps = cam.cam_maps(model, x, [layer], method)[layer]
+    cell = SIZE // cam.layer_maps(model, x[:1], layer, method).shape[1]
+    for m, (x0, y0, x1, y1) in zip(maps, boxes):
+        r, c = np.unravel_index(m.argmax(), m.shape)
+        assert x0 - cell <= c < x1 + cell and y0 - cell <= r < y1 + cell, \
+            f"{method}/{layer}: peak at (x={c}, y={r}), patch at x {x0}..{x1 - 1}, y {y0}..{y1 - 1}"
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("backend", [BACKEND])
+def test_last_layer_maps_equal_the_closed_form(planted, backend):
+    """After `last` come global average pooling and Dense(1): dlogit/dA[i, j, c] = w_c / (h w)
+    everywhere, so every gradient method has a closed form to compare against."""
+    model, x, _, _ = planted
+    a = keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("last").output)(x, training=False))
+    w = keras.ops.convert_to_numpy(model.get_layer("logit").kernel)[:, 0]
+    hw = a.shape[1] * a.shape[2]
+    g = w / hw
+    s = a.sum(axis=(1, 2))  # (B, C)
+    plus = np.where(g > 0, hw * g * g * g / (2 * g * g + s * g ** 3), 0.0)  # Grad-CAM++: sum_hw relu(G) alpha
+    expected = {
+        "gradcam": a @ g, "hirescam": a @ g, "layercam": a @ np.maximum(g, 0),
+        "gradcampp": np.einsum("bhwc,bc->bhw", a, plus),
+    }
+    for method, want in expected.items():
+        got = cam.layer_maps(model, x, "last", method)
+        np.testing.assert_allclose(got, np.maximum(want, 0), rtol=1e-3, atol=1e-6, err_msg=method)
+    np.testing.assert_allclose(cam.layer_maps(model, x, "last", "gradcam", target="normal"),
+                               np.maximum(-(a @ g), 0), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("backend", [BACKEND])
+def test_inner_layer_gradient_matches_finite_differences(planted, backend):
+    """The activation-as-input head reproduces the model's logit and its autodiff gradient agrees
+    with a central difference, for a layer whose input also feeds a skip path."""
+    model, x, _, _ = planted
+    plumbing = cam._plumbing(model, "inner")
+    a, g, logit = plumbing.step(x[:2], 1.0)
+    np.testing.assert_allclose(logit.ravel(), cam.predict_logits(model, x[:2]), rtol=1e-4, atol=1e-4)
+    direction = np.random.default_rng(0).standard_normal(a.shape).astype(np.float32)
+    eps = 1e-3  # ReLU kinks: a larger step crosses some and the central difference drifts
+
+    def total(act):
+        return float(keras.ops.convert_to_numpy(plumbing.head([x[:2], act], training=False)).sum())
+
+    numeric = (total(a + eps * direction) - total(a - eps * direction)) / (2 * eps)
+    assert abs(numeric) > 1e-3  # the head really depends on the activation
+    assert float((g * direction).sum()) == pytest.approx(numeric, rel=0.05)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("backend", [BACKEND])
+def test_densenet_inner_transition_and_last_layers(backend):
+    """DenseNet121 (untrained, 32 px): a layer inside a dense block, a transition layer and the
+    final relu, in one call with the average. At 32 px `relu` is 1x1: a constant map -> zeros.
+    The dense head uses tanh here: an untrained ReLU head of 16-8-4 units is often dead (all
+    gradients zero), which would make the gradient check below vacuous."""
+    from fracture.config import load
+    from fracture.model import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(load(overrides=dict(weights="none", image_size=SIZE, dense_units=[16, 8, 4],
+                                            dense_activation="tanh")))
+    x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
+    layers = ["conv3_block2_1_relu", "pool4_relu", "relu"]
+    maps = cam.cam_maps(model, x, layers, "gradcam", average=True)
+    assert set(maps) == {*layers, "average"}
+    for m in maps.values():
+        assert m.shape == (2, SIZE, SIZE) and np.isfinite(m).all() and 0 <= m.min() and m.max() <= 1
+    assert (maps["relu"] == 0).all()
+    # Each layer's head recomputes the logit from (image, activation); all must agree with the
+    # plain path, including conv3_block2_1_relu whose dense-block concatenations skip around it.
+    steps = {name: cam._plumbing(model, name).step(x, 1.0) for name in layers}  # cached: no new compile
+    for name in layers:
+        np.testing.assert_allclose(steps[name][2], steps["relu"][2], rtol=1e-3, atol=1e-4, err_msg=name)
+        assert np.abs(steps[name][1]).max() > 0, f"no gradient reaches {name}"
+
+
+# --------------------------------------------------------------------------------------------
+# measures, pictures, errors (default backend)
+# --------------------------------------------------------------------------------------------
+def test_pointing_game_and_energy_by_hand():
+    maps = np.zeros((2, 8, 8), np.float32)
+    maps[0, 2, 5] = 1.0  # y=2, x=5
+    maps[1, 7, 7], maps[1, 2, 5] = 1.0, 0.5
+    boxes = [(4, 1, 6, 3), (4, 1, 6, 3)]  # x 4..5, y 1..2
+    np.testing.assert_array_equal(cam.pointing_game(maps, boxes), [1, 0])
+    np.testing.assert_allclose(cam.energy_in_box(maps, boxes), [1.0, 0.5 / 1.5])
+    assert cam.pointing_game(maps[:1], [(4, 1, 5, 3)])[0] == 0  # x1 is exclusive
+    assert cam.energy_in_box(np.zeros((1, 4, 4)), [(0, 0, 2, 2)])[0] == 0  # no NaN on an empty map
+
+
+def test_oracle_scores():
+    boxes = [(4, 4, 8, 8), (0, 0, 2, 2)]
+    assert cam.oracle_scores(boxes, 32, (32, 32)) == (1.0, 1.0)  # full resolution: the box itself
+    # 4x4 grid on 32 px: both boxes fall in cell (0, 0), whose upsampled bump peaks on the border
+    # plateau at (0, 0): inside the second box only
+    pointing, energy = cam.oracle_scores(boxes, 32, (4, 4))
+    assert pointing == 0.5 and 0 < energy < 0.5
+    assert cam.oracle_scores(boxes, 32, (1, 1)) == (0.5, 0.0)  # one cell: a constant map scales to zeros
+
+
+def test_scale_box_and_normalize():
+    assert cam.scale_box((10, 20, 30, 40), (100, 200), 50) == (2, 10, 8, 20)  # (H, W) = (100, 200)
+    assert cam.scale_box((199, 99, 200, 100), (100, 200), 50) == (49, 49, 50, 50)
+    maps = np.stack([np.full((4, 4), 3.0), np.arange(16.0).reshape(4, 4)])
+    out = cam.normalize_maps(maps)
+    assert (out[0] == 0).all() and out[1].min() == 0 and out[1].max() == 1 and np.isfinite(out).all()
+
+
+def test_deletion_and_insertion_beat_a_random_ordering(planted):
+    """Ordering pixels by Grad-CAM removes (restores) the patch first: p(fracture) falls faster
+    under deletion and rises faster under insertion than with a random map. The blur is widened
+    (8 px) because a 5 px patch, unlike a crack, survives the default 1.3 px blur at 32 px."""
+    model, x, boxes = positives(planted)
+    good = cam.cam_maps(model, x, ["inner"], "gradcam")["inner"]
+    noise = np.random.default_rng(0).random(good.shape).astype(np.float32)
+    deletion, insertion = cam.deletion_insertion(model, x, good, steps=8, blur=0.25)
+    deletion_random, insertion_random = cam.deletion_insertion(model, x, noise, steps=8, blur=0.25)
+    assert deletion.mean() < deletion_random.mean() - 0.2
+    # The net fires on a few patch pixels, so random insertion recovers fast too: a small margin.
+    assert insertion.mean() > insertion_random.mean() + 0.03
+    deletion_inverted, insertion_inverted = cam.deletion_insertion(model, x, 1 - good, steps=8, blur=0.25)
+    assert deletion_inverted.mean() > deletion_random.mean() and insertion_inverted.mean() < insertion_random.mean() - 0.3
+    assert ((0 <= deletion) & (deletion <= 1) & (0 <= insertion) & (insertion <= 1)).all()
+
+
+def test_overlay_blends_and_resizes():
+    import matplotlib
+
+    gray = np.full((20, 30), 100, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[:, :2] = 1.0  # hot on the left half
+    assert (cam.overlay(gray, heat, alpha=0.0) == 100).all()
+    out = cam.overlay(gray, heat)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    hot = np.asarray(matplotlib.colormaps["jet"](1.0)[:3]) * 255
+    np.testing.assert_allclose(out[10, 0], 0.6 * 100 + 0.4 * hot, atol=1)
+    assert out[10, 0, 0] > out[10, 0, 2] and out[10, -1, 2] > out[10, -1, 0]  # red left, blue right
+    with pytest.raises(FractureError, match="colormap"):
+        cam.overlay(gray, heat, colormap="no-such-map")
+
+
+def test_feature_grid_tiles(planted):
+    model, x, _, _ = planted
+    grid = cam.feature_grid(model, x[0], "early", max_channels=5)  # 32 px maps, enlarged to 64
+    assert grid.dtype == np.uint8 and grid.shape == (2 * 64 + 2, 3 * 64 + 4, 3)
+    assert cam.feature_grid(model, x[0], "last").shape == (4 * 48 + 6, 4 * 48 + 6, 3)  # 16 channels, 8 px
+
+
+def test_user_errors_are_clear(planted):
+    model, x, _, _ = planted
+    with pytest.raises(FractureError, match=r"no layer 'lats'.*last"):
+        cam.cam_maps(model, x, ["lats"])
+    with pytest.raises(FractureError, match="'pool' outputs shape"):
+        cam.cam_maps(model, x, ["pool"])
+    with pytest.raises(FractureError, match="gradcam, gradcampp, layercam, hirescam, scorecam"):
+        cam.cam_maps(model, x, ["last"], method="gradcam2")
+    with pytest.raises(FractureError, match="target"):
+        cam.cam_maps(model, x, ["last"], target="broken")
+    with pytest.raises(FractureError, match="16x16 px but the model takes 32x32"):
+        cam.cam_maps(model, x[:, :16, :16], ["last"])
+
+
+# --------------------------------------------------------------------------------------------
+# on a trained DenseNet121 run folder: render, evaluate, CLI
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_copy(trained_run, tmp_path_factory):
+    """The session run in a folder of its own (files written here do not leak into other tests),
+    loaded once so the tests below share its compiled CAM functions."""
+    from fracture.model import load_run
+
+    folder = tmp_path_factory.mktemp("cam_run") / "tiny"
+    folder.mkdir()
+    for name in ("model.keras", "config.yaml"):
+        shutil.copy(trained_run / name, folder / name)
+    return load_run(folder)
+
+
+def test_render_writes_named_files_and_hands_them_to_mlflow(run_copy, tmp_path, monkeypatch):
+    calls = []
+    tracking = types.SimpleNamespace(log_artifacts=lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setitem(sys.modules, "fracture.tracking", tracking)
+    (run_copy.path / "mlflow_run_id.txt").write_text("abc123")
+    paths = cam.default_images(run_copy, 2)
+    layers, methods = ["pool4_relu", "relu"], ["gradcam", "layercam"]
+    written = cam.render(run_copy, paths, layers, methods, out_dir=tmp_path / "out")
+    (run_copy.path / "mlflow_run_id.txt").unlink()
+    folder = tmp_path / "out" / "tiny" / cam.image_stem(paths[0])
+    assert re.fullmatch(r"patient\d{5}_study\d_positive_image\d", folder.name)  # MURA files are all imageK.png
+    expected = {f"{m}__{l}.png" for m in methods for l in layers} | {f"features__{l}.png" for l in layers}
+    assert {p.name for p in folder.iterdir()} == expected | {"panel.png"}
+    assert len(written) == 2 * (len(expected) + 1) and all(p.stat().st_size > 0 for p in written)
+    import cv2
+
+    original = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
+    assert cv2.imread(str(folder / "gradcam__pool4_relu.png")).shape == (*original.shape, 3)
+    (args, kwargs), = calls  # one call, with the per-image folders (file names repeat across images)
+    assert args[0] == run_copy.path and kwargs == {"artifact_path": "cam"}
+    assert sorted(args[1]) == sorted({p.parent for p in written}) and len(args[1]) == 2
+
+
+def test_evaluate_localization_writes_the_table(run_copy):
+    table = cam.evaluate_localization(run_copy, ["gradcam", "scorecam"], ["pool4_relu"], limit=2, steps=4)
+    assert list(table.columns) == cam.EVAL_COLUMNS
+    assert list(zip(table["method"], table["layer"])) == [("gradcam", "pool4_relu"), ("scorecam", "pool4_relu"),
+                                                         ("random", "-")]
+    assert (table["n_images"] == 2).all()
+    scores = table[["pointing_game", "energy_in_box", "deletion_auc", "insertion_auc"]].to_numpy()
+    assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
+    import pandas as pd
+
+    stored = pd.read_csv(run_copy.path / "cam_eval.csv", keep_default_na=False)
+    assert list(stored.columns) == cam.EVAL_COLUMNS and len(stored) == 3
+
+
+def test_evaluate_needs_boxes(run_copy, synth_root, tmp_path):
+    tree = tmp_path / "real" / "MURA-v1.1"
+    shutil.copytree(synth_root, tree)
+    (tree / "fracture_boxes.csv").unlink()
+    run = dataclasses.replace(run_copy, config=dataclasses.replace(run_copy.config, data_dir=str(tree)))
+    with pytest.raises(FractureError, match="needs fracture boxes"):
+        cam.evaluate_localization(run, ["gradcam"], ["relu"])
+
+
+def test_cli_cam_evaluates_and_renders(run_copy, tmp_path, capsys, monkeypatch):
+    from fracture.cli import main
+
+    # The already loaded run, so its compiled CAM functions are reused (loading costs seconds).
+    asked = []
+    monkeypatch.setattr("fracture.model.load_run", lambda path: asked.append(path) or run_copy)
+    out = tmp_path / "maps"
+    images = cam.default_images(run_copy, 2)
+    assert main(["cam", "--run", str(run_copy.path), "--out", str(out), "--layers", "relu", "--methods",
+                 "gradcam", "--evaluate", "--limit", "2", "--images", *images]) == 0
+    printed = capsys.readouterr().out
+    assert "pointing_game" in printed and "random" in printed and (run_copy.path / "cam_eval.csv").is_file()
+    panels = sorted(out.glob("tiny/*/panel.png"))
+    assert len(panels) == 2 and str(panels[0]) in printed and asked == [str(run_copy.path)]
+    assert main(["cam", "--run", str(run_copy.path), "--methods", "gradcam,gradcam3"]) == 2
+    assert "unknown CAM method ['gradcam3']" in capsys.readouterr().err
