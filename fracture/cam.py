@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture.errors import FractureError
+from fracture.errors import DataError, FractureError
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ def spatial_layer(model, name):
         layer = model.get_layer(name)
     except ValueError:
         raise FractureError(f"no layer '{name}' in model {model.name}; some valid names: "
-                            f"{', '.join(_suggest(model, name))} (all: [layer.name for layer in model.layers])") from None
+                            f"{', '.join(_suggest(model, name))} "
+                            "(all of them: [layer.name for layer in model.layers])") from None
     if isinstance(layer, keras.layers.InputLayer):
         raise FractureError(f"'{name}' is the input layer; pick a layer after it, e.g. {_suggest(model, name)[0]}")
     shape = tuple(layer.output.shape)
@@ -424,18 +425,22 @@ def image_stem(path) -> str:
     return path.stem
 
 
-def _known_boxes(cfg) -> dict:
-    """{resolved image path: (x0, y0, x1, y1)} when the run's data is synthetic, else {}."""
+def _boxes_by_path(cfg) -> dict:
+    """{resolved image path: (x0, y0, x1, y1)} from the run's synthetic fracture_boxes.csv;
+    DataError when the data has none (real MURA, class folders)."""
     from fracture.data import find_mura_root
-    from fracture.errors import DataError
     from fracture.synth import load_boxes
 
-    try:
-        boxes = load_boxes(find_mura_root(cfg.data_dir))
-    except DataError:
-        return {}
+    boxes = load_boxes(find_mura_root(cfg.data_dir))
     return {str(Path(p).resolve()): (x0, y0, x1, y1)
             for p, x0, y0, x1, y1 in boxes[["path", "x0", "y0", "x1", "y1"]].itertuples(index=False)}
+
+
+def _known_boxes(cfg) -> dict:
+    try:
+        return _boxes_by_path(cfg)
+    except DataError:
+        return {}
 
 
 def render(run, paths, layers, methods, out_dir="layer_outputs", target="fracture") -> list[Path]:
@@ -627,18 +632,14 @@ def deletion_insertion(model, images, maps, steps=16, target="fracture", blur=0.
 
 def _positives_with_boxes(run, limit=0):
     """Positive test-split images of the run's synthetic data: (paths, images at model size, boxes)."""
-    from fracture.data import find_mura_root, load_index, read_gray, resize
-    from fracture.errors import DataError
-    from fracture.synth import load_boxes
+    from fracture.data import load_index, read_gray, resize
 
     cfg = run.config
     try:
-        boxes = load_boxes(find_mura_root(cfg.data_dir))
+        box_of = _boxes_by_path(cfg)
     except DataError as exc:
-        raise FractureError(f"--evaluate needs fracture boxes, which only synthetic data has "
-                            f"(python -m fracture synth); run {run.name} uses data_dir={cfg.data_dir}: {exc}") from None
-    box_of = {str(Path(p).resolve()): (x0, y0, x1, y1)
-              for p, x0, y0, x1, y1 in boxes[["path", "x0", "y0", "x1", "y1"]].itertuples(index=False)}
+        raise FractureError(f"--evaluate needs fracture boxes, which only synthetic data has (python -m "
+                            f"fracture synth); run {run.name} uses data_dir={cfg.data_dir}: {exc}") from None
     frame = load_index(cfg)
     paths = [p for p in frame.loc[(frame["split"] == "test") & (frame["label"] == 1), "path"]]
     missing = [p for p in paths if str(Path(p).resolve()) not in box_of]
@@ -762,7 +763,8 @@ def cli_cam(args) -> None:
         print("(pointing game and energy in box: higher is better; deletion AUC: lower; insertion AUC: higher)")
         with pd.option_context("display.width", 200):
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print("oracle: the true box averaged onto each layer's grid and upsampled, i.e. a perfect map at that resolution")
+        print("oracle: the true box averaged onto each layer's grid and upsampled "
+              "(a perfect map at that resolution)")
         for layer, (grid, pointing, energy) in table.attrs.get("oracle", {}).items():
             print(f"  {layer:<20} {grid[0]}x{grid[1]}  pointing_game {pointing:.3f}  energy_in_box {energy:.3f}")
         print(f"written: {Path(run.path) / 'cam_eval.csv'}")

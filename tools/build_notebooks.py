@@ -10,7 +10,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-IGNORE = "# NBVAL_IGNORE_OUTPUT (numbers change from run to run)\n"
+IGNORE = "# NBVAL_IGNORE_OUTPUT\n# (numbers change from run to run)\n"
 
 
 def md(text):
@@ -24,7 +24,7 @@ def code(text, tags=()):
     return cell
 
 
-STARTUP = "# NBVAL_IGNORE_OUTPUT (the backend prints start-up log lines with timestamps)\n"
+STARTUP = "# NBVAL_IGNORE_OUTPUT\n# (the backend prints start-up log lines with timestamps)\n"
 SETUP = code(STARTUP + """
 import fracture as fr
 from fracture import notebook as nb
