@@ -715,17 +715,9 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
 # the CLI verb
 # --------------------------------------------------------------------------------------------
 def _expand(paths) -> list[Path]:
-    from fracture.data import is_image_file
+    from fracture.data import expand_image_paths
 
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FractureError(f"no such image or folder: {p}")
-    return files
+    return expand_image_paths(paths)
 
 
 def default_images(run, n=4) -> list[str]:

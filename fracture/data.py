@@ -31,6 +31,19 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def expand_image_paths(paths) -> list[Path]:
+    """Image files given as files or folders (searched recursively, sorted)."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"no such image or folder: {p}")
+    return files
+
+
 # --------------------------------------------------------------------------------------------
 # MURA v1.1
 # --------------------------------------------------------------------------------------------

@@ -84,19 +84,10 @@ def predict_images(model, images, batch_size: int = 16) -> np.ndarray:
 
 def predict_paths(model_or_run, paths, batch_size: int = 16) -> pd.DataFrame:
     """Probability and label for image files (or folders of them); unreadable files are reported."""
-    from fracture.data import is_image_file, load_images
+    from fracture.data import expand_image_paths, load_images
 
     model, threshold = _model_and_threshold(model_or_run)
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
-        elif p.is_file():
-            files.append(p)
-        else:
-            from fracture.errors import FractureError
-
-            raise FractureError(f"no such image or folder: {p}")
+    files = expand_image_paths(paths)
     size = model.input_shape[1]
     images, ok, skipped = load_images(files, size)
     probabilities = np.full(len(files), np.nan)
