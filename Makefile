@@ -46,7 +46,7 @@ test: $(STAMP) browser ## unit tests, then the notebooks with pytest --nbval
 	$(PY) -m pytest tests -q
 	KERAS_BACKEND=jax $(PY) -m pytest tests -q -m backend
 	KERAS_BACKEND=torch $(PY) -m pytest tests -q -m backend
-	$(PY) -m pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
+	FRACTURE_NOTEBOOK_PROFILE=smoke $(PY) -m pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
 
 # The notebooks use the kernel "python3", which ipykernel in .venv provides on any machine.
 notebooks: $(STAMP) ## rebuild the notebooks from tools/build_notebooks.py, execute them (smoke profile), save outputs
