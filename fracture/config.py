@@ -36,6 +36,7 @@ class Config:
     dense_activation: str = "relu"  # activation of the dense layers
     dropout: float = 0.3  # after each dense layer
     trainable_layers: int = 60  # unfreeze the top N backbone layers; -1 = all
+    batchnorm_momentum: float = 0.99  # moving-statistics momentum of the trainable BatchNorm layers
     # --- augmentation (inside the model, active only in training) ---------------------------
     flip: bool = True  # random horizontal flip
     rotation: float = 30.0  # max rotation, degrees
@@ -46,6 +47,7 @@ class Config:
     epochs: int = 40  # training epochs
     optimizer: str = "adam"  # any keras.optimizers name: adam, sgd, rmsprop, adamw ...
     learning_rate: float = 1e-4  # initial learning rate
+    momentum: float = 0.0  # for sgd (Nesterov when > 0) and rmsprop; ignored by the others
     gamma: float = 0.99  # learning rate multiplied by gamma after every epoch
     class_weighting: bool = True  # MURA paper weighting: positives |N|/(|A|+|N|), negatives |A|/(|A|+|N|)
     early_stopping: int = 0  # patience in epochs on val AUC; 0 = off
@@ -137,12 +139,14 @@ def validate(cfg: Config) -> None:
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (0.0 < cfg.val_fraction < 1.0, "val_fraction must be between 0 and 1"),
         (cfg.learning_rate > 0, "learning_rate must be positive"),
+        (0.0 <= cfg.momentum < 1.0, "momentum must be in [0, 1)"),
         (0.0 < cfg.gamma <= 1.0, "gamma must be in (0, 1]"),
         (0.0 <= cfg.dropout < 1.0, "dropout must be in [0, 1)"),
         (0.0 <= cfg.threshold <= 1.0, "threshold must be in [0, 1]"),
         (len(cfg.dense_units) == 3, "dense_units must list three layer sizes, e.g. [512,256,64]"),
         (all(u > 0 for u in cfg.dense_units), "dense_units must be positive"),
         (cfg.trainable_layers >= -1, "trainable_layers must be -1 (all) or a count >= 0"),
+        (0.0 <= cfg.batchnorm_momentum < 1.0, "batchnorm_momentum must be in [0, 1)"),
         (cfg.steps_per_execution >= 1, "steps_per_execution must be at least 1"),
     ]
     for ok, message in checks:

@@ -384,7 +384,13 @@ def make_batches(images, labels, batch_size: int, shuffle: bool, seed: int = 0, 
             return int(np.ceil(len(images) / batch_size))
 
         def __getitem__(self, index):
-            idx = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
+            idx = self.order[index * batch_size:(index + 1) * batch_size]
+            if shuffle and len(idx) < batch_size:
+                # Training batches are always full, topped up from the start of this epoch's order:
+                # a short last batch has another shape, and TensorFlow would trace (compile) the
+                # whole train step a second time for it.
+                idx = np.concatenate([idx, np.resize(self.order, batch_size - len(idx))])
+            idx = np.sort(idx)
             batch = (images[idx].astype(np.float32), labels[idx].reshape(-1, 1))
             if sample_weights is not None:
                 batch += (sample_weights[idx],)

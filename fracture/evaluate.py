@@ -77,9 +77,13 @@ def format_table(scores: dict) -> str:
 def predict_images(model, images, batch_size: int = 16) -> np.ndarray:
     """Probabilities for uint8 (N, H, W, 1) images. `predict` runs the model with training=False,
     so the in-model augmentation is off."""
-    if len(images) == 0:
+    n = len(images)
+    if n == 0:
         return np.zeros(0, np.float32)
-    return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)
+    # Padded to whole batches (copies of the last image, cut off again): one input shape, so the
+    # predict function is traced once per model rather than once more for a short last batch.
+    padded = np.concatenate([images, np.repeat(images[-1:], -n % batch_size, axis=0)])
+    return model.predict(padded.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)[:n]
 
 
 def predict_paths(model_or_run, paths, batch_size: int = 16) -> pd.DataFrame:

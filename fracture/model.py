@@ -127,6 +127,12 @@ def build_model(cfg) -> keras.Model:
     backbone_layers = [layer for layer in backbone.layers
                        if layer.name not in PREPROCESS_LAYERS and not isinstance(layer, keras.layers.InputLayer)]
     set_trainable(backbone_layers, cfg.trainable_layers)
+    for layer in backbone_layers:
+        # Keras's 0.99 averages over ~100 steps: from scratch with a high learning rate the weights
+        # move faster than that, the inference-mode statistics lag, and validation swings between
+        # good and chance from one epoch to the next. A lower momentum follows the weights.
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            layer.momentum = cfg.batchnorm_momentum
 
     pooling = keras.layers.GlobalMaxPooling2D if cfg.pooling == "max" else keras.layers.GlobalAveragePooling2D
     x = pooling(name=POOL_LAYER)(backbone.output)

@@ -51,7 +51,12 @@ def class_weights(frame: pd.DataFrame) -> dict[int, float]:
 def compile_model(model, cfg) -> None:
     import keras
 
-    optimizer = keras.optimizers.get({"class_name": cfg.optimizer, "config": {"learning_rate": cfg.learning_rate}})
+    settings = {"learning_rate": cfg.learning_rate}
+    if cfg.optimizer.lower() == "sgd":
+        settings.update(momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    elif cfg.optimizer.lower() == "rmsprop":
+        settings.update(momentum=cfg.momentum)
+    optimizer = keras.optimizers.get({"class_name": cfg.optimizer, "config": settings})
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(),

@@ -51,3 +51,18 @@ def test_mixed_labels_in_a_study_are_an_error():
     frame = pd.DataFrame({"study": ["a", "a"], "label": [1, 0], "probability": [0.5, 0.5]})
     with pytest.raises(ValueError, match="study a"):
         study_level(frame)
+
+
+def test_predict_images_pads_to_whole_batches_and_cuts_the_padding_off():
+    import keras
+
+    from fracture.evaluate import predict_images
+
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(1, "sigmoid")])
+    seen = []
+    real_predict = model.predict
+    model.predict = lambda x, **kw: (seen.append(len(x)), real_predict(x, **kw))[1]
+    images = np.random.default_rng(0).integers(0, 255, (5, 4, 4, 1)).astype(np.uint8)
+    got = predict_images(model, images, batch_size=4)
+    assert seen == [8] and got.shape == (5,)
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(images.astype(np.float32))).ravel(), rtol=1e-5)

@@ -16,7 +16,7 @@ def cfg_of(**overrides):
 
 @pytest.fixture(scope="module")
 def densenet():
-    return build_model(cfg_of(trainable_layers=60))
+    return build_model(cfg_of(trainable_layers=60, batchnorm_momentum=0.9))
 
 
 def test_graph_is_flat_with_inner_layers_reachable(densenet):
@@ -35,6 +35,12 @@ def test_top_n_backbone_layers_unfrozen(densenet):
     assert densenet.get_layer("conv2_block1_0_bn").trainable is False
     assert "conv5_block16_2_conv" in unfrozen_layers(densenet)
     assert all(densenet.get_layer(n).trainable for n in ("dense_1", "logit"))
+
+
+def test_batchnorm_momentum_applies_to_the_unfrozen_batchnorm_only(densenet):
+    assert densenet.get_layer("conv5_block16_1_bn").momentum == 0.9  # in the top 60
+    assert densenet.get_layer("bn").momentum == 0.9
+    assert densenet.get_layer("conv2_block1_0_bn").momentum == 0.99  # frozen: Keras's default kept
 
 
 def test_augmentation_runs_only_in_training(densenet):
