@@ -78,3 +78,19 @@ def test_train_save_load_on_this_backend(train_data, tmp_path):
     again = fr.predict_paths(run, stored["path"].tolist())
     np.testing.assert_allclose(again["probability"], stored["probability"], atol=1e-5)
     assert json.loads((run_dir / "metrics.json").read_text())["counts"]["train"] > 0
+
+
+@pytest.mark.parametrize("name, momentum, expected", [
+    ("sgd", 0.9, dict(momentum=0.9, nesterov=True)),
+    ("sgd", 0.0, dict(momentum=0.0, nesterov=False)),
+    ("rmsprop", 0.5, dict(momentum=0.5)),
+    ("adam", 0.9, dict(beta_1=0.9)),  # momentum is not an Adam setting: ignored
+], ids=["sgd-nesterov", "sgd-plain", "rmsprop", "adam"])
+def test_optimizer_from_config(name, momentum, expected):
+    from fracture.train import compile_model
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    compile_model(model, config.load(overrides=dict(optimizer=name, learning_rate=0.05, momentum=momentum)))
+    settings = model.optimizer.get_config()
+    assert type(model.optimizer).__name__.lower() == name and settings["learning_rate"] == pytest.approx(0.05)
+    assert {key: settings[key] for key in expected} == pytest.approx(expected)
