@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from fracture.app import free_port, wait_until_healthy  # noqa: E402  (after the path insert)
+from fracture.errors import FractureError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -100,12 +102,6 @@ def synthetic_xray(tmp: Path) -> Path:
     return found[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_gunicorn(run: Path, threads: int, log_path: Path) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
@@ -113,23 +109,14 @@ def start_gunicorn(run: Path, threads: int, log_path: Path) -> tuple[subprocess.
                "-w", "1", "--threads", str(threads), "--timeout", "300", "-b", f"127.0.0.1:{port}",
                "fracture.app:create_app()"]
     env = {**os.environ, "FRACTURE_RUN": str(run), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    started = time.perf_counter()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    while True:
-        if process.poll() is not None:
-            sys.exit(f"gunicorn exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return process, url, time.perf_counter() - started
-        except OSError:
-            pass
-        if time.perf_counter() - started > 600:
-            process.terminate()
-            sys.exit(f"gunicorn did not answer /healthz in 600 s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.5)
+    try:
+        return process, url, wait_until_healthy(process, url, 600, log_path)
+    except FractureError as exc:
+        process.terminate()
+        sys.exit(f"gunicorn: {exc}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -630,8 +630,8 @@ def deletion_insertion(model, images, maps, steps=16, target="fracture", blur=0.
     return area[:, 0].astype(np.float32), area[:, 1].astype(np.float32)
 
 
-def _positives_with_boxes(run, limit=0):
-    """Positive test-split images of the run's synthetic data: (paths, images at model size, boxes)."""
+def _positives_with_boxes(run, limit=0, split="test"):
+    """Positive images of one split of the run's synthetic data: (paths, images at model size, boxes)."""
     from fracture.data import load_index, read_gray, resize
 
     cfg = run.config
@@ -641,15 +641,16 @@ def _positives_with_boxes(run, limit=0):
         raise FractureError(f"--evaluate needs fracture boxes, which only synthetic data has (python -m "
                             f"fracture synth); run {run.name} uses data_dir={cfg.data_dir}: {exc}") from None
     frame = load_index(cfg)
-    paths = [p for p in frame.loc[(frame["split"] == "test") & (frame["label"] == 1), "path"]]
+    paths = [p for p in frame.loc[(frame["split"] == split) & (frame["label"] == 1), "path"]]
     missing = [p for p in paths if str(Path(p).resolve()) not in box_of]
     if missing:
-        log.warning("%d positive test images have no box and are left out (e.g. %s)", len(missing), missing[0])
+        log.warning("%d positive %s images have no box and are left out (e.g. %s)", len(missing), split,
+                    missing[0])
     paths = [p for p in paths if str(Path(p).resolve()) in box_of]
     if limit:
         paths = paths[:limit]
     if not paths:
-        raise FractureError(f"no positive test images with boxes in {cfg.data_dir}")
+        raise FractureError(f"no positive {split} images with boxes in {cfg.data_dir}")
     size = run.model.input_shape[1]
     images, scaled = [], []
     for p in paths:
@@ -659,9 +660,10 @@ def _positives_with_boxes(run, limit=0):
     return paths, np.stack(images)[..., None].astype(np.float32), np.asarray(scaled)
 
 
-def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16):
+def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16, split="test"):
     """Pointing game, energy in box and deletion/insertion AUCs per method and layer over the
-    positive test images of a synthetic run, plus a random-map baseline (method=random);
+    positive images of one split of a synthetic run (default test = MURA's `valid` folder, which
+    played no part in training or picking the epoch), plus a random-map baseline (method=random);
     written to <run>/cam_eval.csv."""
     import pandas as pd
 
@@ -669,8 +671,8 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
     layers = [layers] if isinstance(layers, str) else list(layers)
     for name in layers:
         spatial_layer(run.model, name)
-    _, x, boxes = _positives_with_boxes(run, limit)
-    log.info("CAM evaluation of %s on %d positive test images", run.name, len(x))
+    _, x, boxes = _positives_with_boxes(run, limit, split)
+    log.info("CAM evaluation of %s on %d positive %s images", run.name, len(x), split)
 
     def score(method, layer, maps, redraw=None):
         """One table row; `redraw()` gives more maps to average pointing and energy over."""
@@ -728,16 +730,16 @@ def _expand(paths) -> list[Path]:
     return expand_image_paths(paths)
 
 
-def default_images(run, n=4) -> list[str]:
-    """A few test images of the run's data, both classes (half positive, first in index order)."""
+def default_images(run, n=4, split="test") -> list[str]:
+    """A few images of one split of the run's data, both classes (half positive, first in index order)."""
     from fracture.data import load_index
 
     frame = load_index(run.config)
-    test = frame[frame["split"] == "test"]
-    if test.empty:
-        raise FractureError(f"no test images in {run.config.data_dir}; pass --images")
-    positives = test[test["label"] == 1]["path"].tolist()
-    negatives = test[test["label"] == 0]["path"].tolist()
+    chosen = frame[frame["split"] == split]
+    if chosen.empty:
+        raise FractureError(f"no {split} images in {run.config.data_dir}; pass --images")
+    positives = chosen[chosen["label"] == 1]["path"].tolist()
+    negatives = chosen[chosen["label"] == 0]["path"].tolist()
     k = min(len(positives), (n + 1) // 2)
     return positives[:k] + negatives[:n - k]
 
@@ -758,8 +760,9 @@ def cli_cam(args) -> None:
     for name in layers:
         spatial_layer(run.model, name)
     if args.evaluate:
-        table = evaluate_localization(run, methods, layers, limit=args.limit)
-        print(f"CAM localization and faithfulness, run {run.name}, {table['n_images'].iloc[0]} positive test images")
+        table = evaluate_localization(run, methods, layers, limit=args.limit, split=args.split)
+        print(f"CAM localization and faithfulness, run {run.name}, "
+              f"{table['n_images'].iloc[0]} positive {args.split} images")
         print("(pointing game and energy in box: higher is better; deletion AUC: lower; insertion AUC: higher)")
         with pd.option_context("display.width", 200):
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -770,7 +773,7 @@ def cli_cam(args) -> None:
         print(f"written: {Path(run.path) / 'cam_eval.csv'}")
         if not args.images:
             return
-    paths = _expand(args.images) if args.images else default_images(run, args.limit or 4)
+    paths = _expand(args.images) if args.images else default_images(run, args.limit or 4, args.split)
     if args.limit:
         paths = paths[:args.limit]
     written = render(run, paths, layers, methods, out_dir=args.out, target=args.target)

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="fracture", choices=["fracture", "normal"])
     p.add_argument("--out", default="layer_outputs", help="folder for layer_outputs/<run>/<image>/...")
     p.add_argument("--evaluate", action="store_true", help="pointing game, energy-in-box, deletion/insertion")
+    p.add_argument("--split", default="test", choices=["val", "test"],
+                   help="images for --evaluate and the default panels: test = MURA's valid folder, "
+                        "val = the patient split carved from train")
     p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
     p.set_defaults(func=_delegate("fracture.cam", "cli_cam"))
 

@@ -11,14 +11,15 @@ Skipped, with the reason in pytest's -ra summary, when Playwright or Chromium is
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from fracture.app import free_port, wait_until_healthy
+from fracture.errors import FractureError
 
 pytestmark = pytest.mark.browser
 
@@ -35,12 +36,6 @@ def chromium_path() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
     """`python -m fracture serve` in a subprocess; yields its base URL, stops it afterwards."""
@@ -53,19 +48,10 @@ def server(request, tmp_path_factory):
                                    stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log_file.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer within {START_TIMEOUT} s:\n{log_file.read_text()[-3000:]}")
-            time.sleep(0.5)
+        try:
+            wait_until_healthy(process, url, START_TIMEOUT, log_file)
+        except FractureError as exc:
+            pytest.fail(str(exc))
         yield url
     finally:
         process.terminate()

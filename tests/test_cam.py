@@ -326,6 +326,25 @@ def test_evaluate_localization_writes_the_table(run_copy):
     assert list(stored.columns) == cam.EVAL_COLUMNS and len(stored) == 3
 
 
+def test_split_chooses_the_images(run_copy, monkeypatch):
+    from fracture.data import load_index
+
+    frame = load_index(run_copy.config)
+    split_of = dict(zip(frame["path"], frame["split"]))
+    for split in ("val", "test"):
+        paths = cam.default_images(run_copy, 4, split=split)
+        assert len(paths) == 4 and {split_of[p] for p in paths} == {split}
+        positives = int(((frame["split"] == split) & (frame["label"] == 1)).sum())
+        chosen, x, boxes = cam._positives_with_boxes(run_copy, limit=3, split=split)
+        assert len(chosen) == len(x) == len(boxes) == min(3, positives) > 0
+        assert {split_of[p] for p in chosen} == {split} and all("_positive" in str(p) for p in chosen)
+    original, asked = cam._positives_with_boxes, []
+    monkeypatch.setattr(cam, "_positives_with_boxes",
+                        lambda run, limit, split: asked.append(split) or original(run, limit, split))
+    table = cam.evaluate_localization(run_copy, ["gradcam"], ["relu"], limit=1, steps=2, split="val")
+    assert asked == ["val"] and (table["n_images"] == 1).all()
+
+
 def test_evaluate_needs_boxes(run_copy, synth_root, tmp_path):
     tree = tmp_path / "real" / "MURA-v1.1"
     shutil.copytree(synth_root, tree)
@@ -347,6 +366,7 @@ def test_cli_cam_evaluates_and_renders(run_copy, tmp_path, capsys, monkeypatch):
                  "gradcam", "--evaluate", "--limit", "2", "--images", *images]) == 0
     printed = capsys.readouterr().out
     assert "pointing_game" in printed and "random" in printed and (run_copy.path / "cam_eval.csv").is_file()
+    assert "2 positive test images" in printed
     panels = sorted(out.glob("tiny/*/panel.png"))
     assert len(panels) == 2 and str(panels[0]) in printed and asked == [str(run_copy.path)]
     assert main(["cam", "--run", str(run_copy.path), "--methods", "gradcam,gradcam3"]) == 2
