@@ -211,17 +211,13 @@ class Predictor:
     def probability_and_cam(self, x: np.ndarray, layer: str) -> tuple[float, np.ndarray]:
         """The probability and the Grad-CAM heatmap (S, S) in [0, 1] of `layer` for the fracture
         class, from one pass: the CAM's gradient step computes the logit anyway, so a separate
-        forward pass would double the cost. Equal to `cam.cam_maps` + `model.predict` (tested).
-        cam.py has no public call returning the logit with the map, so this uses its cached
-        per-layer step (`_plumbing`) and repeats cam_maps' three post-processing lines."""
-        from fracture import cam
+        forward pass would double the cost. Equal to `cam.cam_maps` + `model.predict` (tested)."""
+        from fracture.cam import maps_and_logits
 
         with self._lock:
-            a, g, logit = cam._plumbing(self.model, layer).step(x, cam.TARGETS["fracture"])
-        raw = np.maximum(cam.GRADIENT_METHODS[CAM_METHOD](a, g), 0)
-        heatmap = cam.normalize_maps(cam.upsample(raw, x.shape[1:3]))[0]
-        probability = 0.5 * (1.0 + math.tanh(0.5 * float(logit.reshape(-1)[0])))  # sigmoid, no overflow
-        return probability, heatmap
+            maps, logits = maps_and_logits(self.model, x, layer, CAM_METHOD)
+        probability = 0.5 * (1.0 + math.tanh(0.5 * float(logits[0])))  # sigmoid, no overflow
+        return probability, maps[0]
 
     def warm_up(self) -> float:
         """One dummy prediction and one dummy CAM per offered layer (traces and caches them all)."""

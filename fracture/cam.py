@@ -311,6 +311,23 @@ def layer_maps(model, images, layer, method="gradcam", target="fracture") -> np.
     return np.maximum(maps, 0).astype(np.float32)
 
 
+def maps_and_logits(model, images, layer, method="gradcam", target="fracture") -> tuple[np.ndarray, np.ndarray]:
+    """[0, 1] maps (B, H, W) of a gradient method on one layer, and the model's logits (B,), from
+    the same pass: the gradient step computes the logit anyway, so a caller that also wants the
+    prediction (the web app) pays for one pass, not two. The maps equal `cam_maps(...)[layer]`."""
+    x, sign = _as_batch(model, images), _sign(target)
+    check_methods([method])
+    if method not in GRADIENT_METHODS:
+        raise FractureError(f"{method} takes no gradient step; maps_and_logits serves {', '.join(GRADIENT_METHODS)}")
+    plumbing = _plumbing(model, layer)
+    raw, logits = [], []
+    for start in range(0, len(x), GRADIENT_CHUNK):
+        a, g, logit = plumbing.step(x[start:start + GRADIENT_CHUNK], sign)
+        raw.append(np.maximum(GRADIENT_METHODS[method](a, g), 0))
+        logits.append(logit.reshape(-1))
+    return normalize_maps(upsample(np.concatenate(raw), x.shape[1:3])), np.concatenate(logits)
+
+
 def _scorecam(model, x, a, sign, max_channels=SCORECAM_CHANNELS):
     """Weights = softmax over channels of sign*logit(image * channel mask), as pytorch-grad-cam."""
     size = x.shape[1:3]

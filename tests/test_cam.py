@@ -183,6 +183,12 @@ def test_densenet_inner_transition_and_last_layers(backend):
     for name in layers:
         np.testing.assert_allclose(steps[name][2], steps["relu"][2], rtol=1e-3, atol=1e-4, err_msg=name)
         assert np.abs(steps[name][1]).max() > 0, f"no gradient reaches {name}"
+    # The one-pass call the web app uses: the same maps, and the model's own logits.
+    maps_once, logits = cam.maps_and_logits(model, x, "pool4_relu", "gradcam")
+    np.testing.assert_allclose(maps_once, maps["pool4_relu"], atol=1e-5)
+    np.testing.assert_allclose(logits, cam.predict_logits(model, x), rtol=1e-3, atol=1e-4)
+    with pytest.raises(FractureError, match="scorecam takes no gradient step"):
+        cam.maps_and_logits(model, x, "relu", "scorecam")
 
 
 # --------------------------------------------------------------------------------------------
