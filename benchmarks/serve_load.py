@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fracture.app import free_port, wait_until_healthy  # noqa: E402  (after the path insert)
+from fracture.app import free_port, stop_server, wait_until_healthy  # noqa: E402  (after the path insert)
 from fracture.errors import FractureError  # noqa: E402
 
 
@@ -258,11 +258,7 @@ def main(argv=None) -> int:
                     rows.append(dict(mode=mode, **row))
                     print(format_row(rows[-1]), flush=True)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_server(process)
         print(f"load average after: {load_average()}")
         print()
         print(markdown(rows))

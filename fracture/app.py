@@ -429,6 +429,17 @@ def wait_until_healthy(process, url: str, timeout: float, log_path) -> float:
         time.sleep(0.5)
 
 
+def stop_server(process, timeout: float = 30) -> None:
+    """Terminate a server process; kill it if it has not exited within `timeout` seconds."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 _app = None
 
 

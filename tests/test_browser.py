@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fracture.app import free_port, wait_until_healthy
+from fracture.app import free_port, stop_server, wait_until_healthy
 from fracture.errors import FractureError
 
 pytestmark = pytest.mark.browser
@@ -54,11 +54,7 @@ def server(request, tmp_path_factory):
             pytest.fail(str(exc))
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process, timeout=20)
 
 
 @pytest.fixture(scope="module")
