@@ -115,7 +115,7 @@ def start_gunicorn(run: Path, threads: int, log_path: Path) -> tuple[subprocess.
     try:
         return process, url, wait_until_healthy(process, url, 600, log_path)
     except FractureError as exc:
-        process.terminate()
+        stop_server(process)
         sys.exit(f"gunicorn: {exc}")
 
 

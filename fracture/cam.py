@@ -218,15 +218,18 @@ def _logit_model(model):
 
 def _chunked(fn, x, chunk=CHUNK):
     """fn over x in chunks; when x needs several chunks the last is padded so every call has the
-    same shape (one JAX compilation, one TensorFlow trace)."""
+    same shape (one JAX compilation, one TensorFlow trace). fn may return a tuple of per-image
+    arrays; each is then concatenated on its own."""
     out = []
     for start in range(0, len(x), chunk):
         part = x[start:start + chunk]
         n = len(part)
         if n < chunk and len(x) > chunk:
             part = np.concatenate([part, np.repeat(part[-1:], chunk - n, axis=0)])
-        out.append(np.asarray(fn(part), np.float32)[:n])
-    return np.concatenate(out)
+        result = fn(part)
+        out.append([np.asarray(r, np.float32)[:n] for r in (result if isinstance(result, tuple) else (result,))])
+    joined = tuple(np.concatenate(column) for column in zip(*out))
+    return joined if isinstance(result, tuple) else joined[0]
 
 
 def predict_logits(model, images) -> np.ndarray:
@@ -306,9 +309,20 @@ def layer_maps(model, images, layer, method="gradcam", target="fracture") -> np.
     plumbing = _plumbing(model, layer)
     if method == "scorecam":
         maps = _scorecam(model, x, plumbing.activations(x), sign)
-    else:  # in chunks: a backward pass holds every activation of its batch
-        maps = _chunked(lambda part: GRADIENT_METHODS[method](*plumbing.step(part, sign)[:2]), x, GRADIENT_CHUNK)
+    else:
+        maps, _ = _gradient_maps_and_logits(plumbing, x, sign, method)
     return np.maximum(maps, 0).astype(np.float32)
+
+
+def _gradient_maps_and_logits(plumbing, x, sign, method):
+    """Raw maps (B, h, w) after the ReLU and the logits (B,), from the same gradient steps; in
+    chunks, because a backward pass holds every activation of its batch."""
+
+    def step(part):
+        a, g, logit = plumbing.step(part, sign)
+        return np.maximum(GRADIENT_METHODS[method](a, g), 0), logit.reshape(-1)
+
+    return _chunked(step, x, GRADIENT_CHUNK)
 
 
 def maps_and_logits(model, images, layer, method="gradcam", target="fracture") -> tuple[np.ndarray, np.ndarray]:
@@ -319,13 +333,8 @@ def maps_and_logits(model, images, layer, method="gradcam", target="fracture") -
     check_methods([method])
     if method not in GRADIENT_METHODS:
         raise FractureError(f"{method} takes no gradient step; maps_and_logits serves {', '.join(GRADIENT_METHODS)}")
-    plumbing = _plumbing(model, layer)
-    raw, logits = [], []
-    for start in range(0, len(x), GRADIENT_CHUNK):
-        a, g, logit = plumbing.step(x[start:start + GRADIENT_CHUNK], sign)
-        raw.append(np.maximum(GRADIENT_METHODS[method](a, g), 0))
-        logits.append(logit.reshape(-1))
-    return normalize_maps(upsample(np.concatenate(raw), x.shape[1:3])), np.concatenate(logits)
+    raw, logits = _gradient_maps_and_logits(_plumbing(model, layer), x, sign, method)
+    return normalize_maps(upsample(raw, x.shape[1:3])), logits
 
 
 def _scorecam(model, x, a, sign, max_channels=SCORECAM_CHANNELS):
