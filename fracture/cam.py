@@ -360,12 +360,21 @@ def upsample(maps, size) -> np.ndarray:
     return np.stack([cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
 
 
-def normalize_maps(maps, eps=1e-12) -> np.ndarray:
-    """Per-map min-max scaling to [0, 1]; a constant map (no signal) becomes zeros, never NaN."""
+def normalize_maps(maps, rtol=1e-5) -> np.ndarray:
+    """Per-map min-max scaling to [0, 1]; a constant map (no signal) becomes zeros, never NaN.
+
+    "Constant" is relative to the map's own scale: a spread below `rtol` times its largest
+    magnitude is float rounding (e.g. a 1x1 map upsampled by a CPU-specific SIMD path comes back
+    as v and v + 1 ulp), and stretching that to [0, 1] would paint noise as signal.
+    """
     maps = np.asarray(maps, np.float32)
     lo = maps.min(axis=(-2, -1), keepdims=True)
-    span = maps.max(axis=(-2, -1), keepdims=True) - lo
-    return np.where(span > eps, (maps - lo) / np.maximum(span, eps), 0.0).astype(np.float32)
+    hi = maps.max(axis=(-2, -1), keepdims=True)
+    span = (hi - lo).astype(np.float64)
+    scale = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
+    signal = span > rtol * scale + np.finfo(np.float32).tiny
+    scaled = (maps - lo) / np.where(signal, span, 1.0)
+    return np.where(signal, scaled, 0.0).astype(np.float32)
 
 
 def cam_maps(model, images, layers, method="gradcam", target="fracture", normalize=True, average=False) -> dict:

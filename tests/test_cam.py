@@ -223,6 +223,18 @@ def test_scale_box_and_normalize():
     assert (out[0] == 0).all() and out[1].min() == 0 and out[1].max() == 1 and np.isfinite(out).all()
 
 
+def test_normalize_treats_float_noise_as_constant_relative_to_scale():
+    """Regression: a 1x1 map upsampled on another CPU came back as v and v + 1 ulp, which an
+    absolute 1e-12 tolerance stretched into rows of 0 and 1. Flatness is judged by the map's scale."""
+    value = np.float32(0.37)
+    noisy = np.full((1, 8, 8), value, np.float32)
+    noisy[0, ::2] = np.nextafter(value, np.float32(1))  # one ulp above on every other row
+    assert (cam.normalize_maps(noisy) == 0).all()
+    tiny = np.arange(16.0).reshape(1, 4, 4) * 1e-20  # a real pattern at a tiny scale is kept
+    np.testing.assert_allclose(cam.normalize_maps(tiny)[0], np.arange(16.0).reshape(4, 4) / 15, atol=1e-6)
+    assert (cam.normalize_maps(np.zeros((1, 3, 3))) == 0).all()
+
+
 def test_deletion_and_insertion_beat_a_random_ordering(planted):
     """Ordering pixels by Grad-CAM removes (restores) the patch first: p(fracture) falls faster
     under deletion and rises faster under insertion than with a random map. The blur is widened
