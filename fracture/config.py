@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,26 @@ from pathlib import Path
 import yaml
 
 from fracture.errors import ConfigError
+
+# Names a config may use, kept here (not looked up in Keras) so a typo fails at load time, in
+# milliseconds, before any framework is imported. tests/test_config.py checks each against Keras.
+BACKBONES = (
+    "DenseNet121", "DenseNet169", "DenseNet201", "ResNet50", "ResNet101", "ResNet152",
+    "ResNet50V2", "ResNet101V2", "ResNet152V2", *(f"EfficientNetB{i}" for i in range(8)),
+    "VGG16", "VGG19", "Xception", "InceptionV3",
+)
+# keras.optimizers that take just a learning rate (Muon and schedule-free AdamW need more).
+OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl", "lion", "nadam",
+              "rmsprop", "sgd")
+# Element-wise keras.activations (softmax-like ones make no sense on a hidden layer).
+ACTIVATIONS = ("celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu", "hard_swish",
+               "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "mish", "relu", "relu6", "selu", "sigmoid",
+               "silu", "soft_shrink", "softplus", "softsign", "sparse_plus", "squareplus", "swish", "tanh",
+               "tanh_shrink")
+POOLINGS = ("avg", "max")
+DATA_FORMATS = ("mura", "folders")
+STUDY_TYPES = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one folder name: no separators, no '..'
 
 
 @dataclass
@@ -27,13 +48,13 @@ class Config:
     val_fraction: float = 0.2  # share of training *patients* held out for validation
     cache_dir: str = "data/processed"  # decoded uint8 arrays, keyed by file list + image size
     # --- model ------------------------------------------------------------------------------
-    backbone: str = "DenseNet121"  # any name in fracture.model.BACKBONES
+    backbone: str = "DenseNet121"  # DenseNet121/169/201, ResNet50/101/152(V2), EfficientNetB0-7, VGG16/19, Xception, InceptionV3
     weights: str = "imagenet"  # "imagenet" (Keras cache ~/.keras/models), "none", or a weights file path
     allow_random_weights: bool = False  # if ImageNet weights are missing offline: warn and start from scratch
     image_size: int = 224  # square model input, pixels
     pooling: str = "avg"  # global pooling after the backbone: "avg" or "max" (max finds small lesions faster)
     dense_units: list[int] = field(default_factory=lambda: [512, 256, 64])  # the three dense layers
-    dense_activation: str = "relu"  # activation of the dense layers
+    dense_activation: str = "relu"  # activation of the dense layers (a keras.activations name)
     dropout: float = 0.3  # after each dense layer
     trainable_layers: int = 60  # unfreeze the top N backbone layers; -1 = all
     batchnorm_momentum: float = 0.99  # moving-statistics momentum of the trainable BatchNorm layers
@@ -45,7 +66,7 @@ class Config:
     # --- training ---------------------------------------------------------------------------
     batch_size: int = 16  # images per training step
     epochs: int = 40  # training epochs
-    optimizer: str = "adam"  # any keras.optimizers name: adam, sgd, rmsprop, adamw ...
+    optimizer: str = "adam"  # a keras.optimizers name: adam, adamw, sgd, rmsprop, nadam, lion ...
     learning_rate: float = 1e-4  # initial learning rate
     momentum: float = 0.0  # for sgd (Nesterov when > 0) and rmsprop; ignored by the others
     gamma: float = 0.99  # learning rate multiplied by gamma after every epoch
@@ -123,17 +144,76 @@ def update(cfg: Config, overrides: dict) -> Config:
     values = cfg.to_dict()
     for key, value in overrides.items():
         _check_key(key)
-        values[key] = _coerce(key, value, hints[key])
+        values[key] = _canonical(key, _coerce(key, value, hints[key]))
     out = Config(**values)
     validate(out)
     return out
 
 
+# key -> the names it accepts; a value is matched case-insensitively and stored as spelled here
+NAMED = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "dense_activation": ACTIVATIONS, "pooling": POOLINGS,
+         "data_format": DATA_FORMATS}
+
+
+def _canonical(key: str, value):
+    """'densenet121' -> 'DenseNet121', 'Adam' -> 'adam'; anything else is left for validate()."""
+    if key in NAMED and isinstance(value, str):
+        by_lower = {name.lower(): name for name in NAMED[key]}
+        return by_lower.get(value.strip().lower(), value)
+    if key == "study_type" and isinstance(value, str):
+        return ",".join(s.strip().upper() for s in value.split(",") if s.strip()) if value.lower() != "all" else "all"
+    return value
+
+
+def _typo_distance(a: str, b: str) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) from a to b: 'adma' is 1 from 'adam'."""
+    a, b = a.lower(), b.lower()
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def _check_name(key: str, value: str, allowed) -> None:
+    if value in allowed:
+        return
+    close = difflib.get_close_matches(value, allowed, n=3, cutoff=0.6)
+    close.sort(key=lambda name: _typo_distance(value, name))  # stable: difflib's order breaks ties
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown {key} '{value}'.{hint} Choose one of: {', '.join(allowed)}")
+
+
+def parse_study_types(study_type: str) -> tuple[str, ...]:
+    """'XR_HUMERUS', 'xr_wrist,XR_HAND' or 'all' -> the study types; an unknown one is a ConfigError."""
+    if study_type.strip().lower() == "all":
+        return STUDY_TYPES
+    wanted = tuple(s.strip().upper() for s in study_type.split(",") if s.strip())
+    if not wanted:
+        raise ConfigError(f"study_type is empty: use one of {', '.join(STUDY_TYPES)}, a comma list, or 'all'")
+    for name in wanted:
+        _check_name("study_type", name, STUDY_TYPES + ("all",))
+    return wanted
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one folder under runs_dir: '../x' or 'a/b' would write elsewhere."""
+    if name and (not RUN_NAME.fullmatch(name) or len(name) > 200):
+        raise ConfigError(f"bad run_name {name!r}: use letters, digits, '.', '_' and '-' only, starting with a "
+                          "letter or digit (it names one folder inside runs_dir)")
+
+
 def validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express."""
+    """Names and ranges that types alone cannot express; imports no framework."""
+    for key, allowed in NAMED.items():
+        _check_name(key, getattr(cfg, key), allowed)
+    parse_study_types(cfg.study_type)
+    check_run_name(cfg.run_name)
     checks = [
-        (cfg.data_format in ("mura", "folders"), "data_format must be 'mura' or 'folders'"),
-        (cfg.pooling in ("avg", "max"), "pooling must be 'avg' or 'max'"),
         (cfg.image_size >= 32, "image_size must be at least 32"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.epochs >= 1, "epochs must be at least 1"),

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fracture.config import STUDY_TYPES, parse_study_types
 from fracture.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
 
-STUDY_TYPES = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 COLUMNS = ["path", "label", "patient", "study", "study_type", "split"]
 MURA_SPLITS = {"train": "train", "valid": "test"}  # MURA's own test set is hidden: valid is our test
@@ -58,16 +58,6 @@ def find_mura_root(data_dir) -> Path:
         "unpack MURA-v1.1.zip so that data/MURA-v1.1/train/XR_HUMERUS/... exists, "
         "or run `python -m fracture synth --out data/synthetic` and set data_dir=data/synthetic/MURA-v1.1."
     )
-
-
-def parse_study_types(study_type: str) -> tuple[str, ...]:
-    if study_type.strip().lower() == "all":
-        return STUDY_TYPES
-    wanted = tuple(s.strip().upper() for s in study_type.split(",") if s.strip())
-    bad = [s for s in wanted if s not in STUDY_TYPES]
-    if bad or not wanted:
-        raise DataError(f"unknown study_type {bad or study_type!r}: use one of {', '.join(STUDY_TYPES)} or 'all'")
-    return wanted
 
 
 def _read_headerless(path: Path, names: list[str]) -> pd.DataFrame:
@@ -127,11 +117,14 @@ def index_mura(data_dir, study_type: str = "XR_HUMERUS") -> pd.DataFrame:
     for folder in MURA_SPLITS:
         frame = pd.DataFrame(_mura_rows(root, folder, study_types), columns=COLUMNS)
         _cross_check_studies(root, folder, frame)
-        frames.append(frame)
-    out = pd.concat(frames, ignore_index=True)
-    if out.empty:
+        if frame.empty:
+            # Concatenating an empty (object-dtype) frame would turn the labels into objects.
+            log.warning("no %s images in %s/%s/", ", ".join(study_types), root, folder)
+        else:
+            frames.append(frame)
+    if not frames:
         raise DataError(f"no {', '.join(study_types)} images found under {root}")
-    return out
+    return pd.concat(frames, ignore_index=True).astype({"label": int})
 
 
 # --------------------------------------------------------------------------------------------

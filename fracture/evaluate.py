@@ -135,8 +135,9 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
 # --------------------------------------------------------------------------------------------
 # plots
 # --------------------------------------------------------------------------------------------
-def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict, out_dir, threshold: float) -> list[Path]:
-    """Loss/AUC curves, ROC (image and study level) and the confusion matrix, as PNG files."""
+def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict, out_dir, threshold: float,
+               split: str = "test") -> list[Path]:
+    """Loss/AUC curves, ROC (image and study level) and the confusion matrix of `split`, as PNG files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,14 +164,14 @@ def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict, out_dir
             fpr, tpr, _ = skm.roc_curve(part["label"], part["probability"])
             ax.plot(fpr, tpr, label=f"{name} AUC {scores[name]['auc']:.3f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (test)")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC ({split})")
     ax.legend(loc="lower right")
     written.append(_save(fig, out_dir / "roc.png"))
 
     fig, ax = plt.subplots(figsize=(4, 4))
     skm.ConfusionMatrixDisplay(np.array(scores["image"]["confusion_matrix"]),
                                display_labels=["normal", "abnormal"]).plot(ax=ax, colorbar=False)
-    ax.set_title(f"image level, threshold {threshold}")
+    ax.set_title(f"{split}, image level, threshold {threshold}")
     written.append(_save(fig, out_dir / "confusion_matrix.png"))
     return written
 

@@ -90,6 +90,9 @@ def make_callbacks(cfg, run_dir: Path) -> list:
 
 
 def train(cfg) -> Path:
+    from fracture import preflight
+
+    frame = preflight.check(cfg)  # before Keras is imported and before any folder exists
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
@@ -102,7 +105,6 @@ def train(cfg) -> Path:
     cfg.to_yaml(run_dir / "config.yaml")
     log.info("%s run %s", "resuming" if resuming else "starting", run_dir)
 
-    frame = data_lib.load_index(cfg)
     tracker = tracking.start(cfg, run_dir, frame) if cfg.mlflow else None  # None: off or unreachable
     try:
         metrics, best = _fit_and_evaluate(cfg, run_dir, frame, tracker)
@@ -121,6 +123,7 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, tracker) -> tuple
     from fracture.evaluate import predict_images, save_plots, score_frame, format_table
     from fracture.model import build_model, count_params, load_model
 
+    model = build_model(cfg)  # first: a weights download or error comes before minutes of decoding
     arrays = data_lib.split_arrays(frame, cfg)
     skipped = arrays.pop("skipped")
     if len(skipped):
@@ -138,7 +141,6 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, tracker) -> tuple
                                           sample_weights=sample_weights)
     val_batches = data_lib.make_batches(x_val, y_val, cfg.batch_size, shuffle=False)
 
-    model = build_model(cfg)
     compile_model(model, cfg)
     trainable, frozen = count_params(model)
     callbacks = make_callbacks(cfg, run_dir)
@@ -172,6 +174,6 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, tracker) -> tuple
             scored[split].to_csv(run_dir / f"predictions_{split}.csv", index=False)
             log.info("%s:\n%s", split, format_table(metrics[split]))
     plot_split = "test" if "test" in scored else "val"  # ROC and confusion matrix of the held-out data
-    save_plots(history, scored[plot_split], metrics[plot_split], run_dir / "plots", cfg.threshold)
+    save_plots(history, scored[plot_split], metrics[plot_split], run_dir / "plots", cfg.threshold, plot_split)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics, best

@@ -28,7 +28,7 @@ def test_overrides_are_typed():
     ("learning_rate=fast", "bad value for 'learning_rate'"),
     ("dense_units=1,2", "three layer sizes"),
     ("gamma=0", "gamma must be in (0, 1]"),
-    ("data_format=zip", "data_format must be"),
+    ("data_format=zip", "unknown data_format 'zip'. Choose one of: mura, folders"),
     ("noequals", "not of the form key=value"),
 ])
 def test_bad_overrides_name_the_problem(item, message):

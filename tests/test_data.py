@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fracture import data
-from fracture.errors import DataError
+from fracture.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_study_type_filter(tmp_path):
     assert set(data.index_mura(root, "xr_wrist,XR_HUMERUS")["study_type"]) == {"XR_HUMERUS", "XR_WRIST"}
     with pytest.raises(DataError, match="XR_ELBOW"):
         data.index_mura(root, "XR_ELBOW")  # valid type, but absent from this tree
-    with pytest.raises(DataError, match="unknown study_type"):
+    with pytest.raises(ConfigError, match="unknown study_type 'XR_KNEE'"):
         data.index_mura(root, "XR_KNEE")
 
 
