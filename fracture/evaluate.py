@@ -138,26 +138,28 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
 def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict, out_dir, threshold: float,
                split: str = "test") -> list[Path]:
     """Loss/AUC curves, ROC (image and study level) and the confusion matrix of `split`, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure objects, not pyplot: no global backend switch, so a notebook's inline plots keep working.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "auc")):
         for column, style in ((metric, "-"), (f"val_{metric}", "--")):
             if column in history:
                 ax.plot(history["epoch"] + 1, history[column], style, label=column)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(metric)
         ax.legend()
     written.append(_save(fig, out_dir / "curves.png"))
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     studies = study_level(frame)
     for name, part in (("image", frame), ("study", studies)):
         if part["label"].nunique() == 2:
@@ -168,7 +170,8 @@ def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict, out_dir
     ax.legend(loc="lower right")
     written.append(_save(fig, out_dir / "roc.png"))
 
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     skm.ConfusionMatrixDisplay(np.array(scores["image"]["confusion_matrix"]),
                                display_labels=["normal", "abnormal"]).plot(ax=ax, colorbar=False)
     ax.set_title(f"{split}, image level, threshold {threshold}")
@@ -177,9 +180,6 @@ def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict, out_dir
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path, dpi=100)  # a Figure without pyplot needs no close(): nothing else holds it
     return path
