@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from fracture.errors import ConfigError
+from fracture.fileio import atomic_write_text
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def field_names() -> list[str]:
