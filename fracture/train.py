@@ -1,13 +1,22 @@
 """`train(cfg) -> run_dir`: data -> model -> fit with Keras callbacks -> evaluation -> run folder.
 
 saved_models/<run>/
-  model.keras       best epoch by validation AUC (ModelCheckpoint)
-  config.yaml       the fully resolved config
-  history.csv       per-epoch metrics (CSVLogger)
-  metrics.json      image- and study-level scores on val and test, timings
-  predictions_test.csv, skipped.csv (when any file was unreadable), plots/*.png
+  config.yaml       the fully resolved config (written first; a resumed run must match it)
+  history.csv       one row per committed epoch (CSVLogger; rows of an uncommitted epoch are cut on resume)
+  backup/           while training: epoch-NNNN/ (weights + optimizer, state.json) for the newest commit
+                    and the one before, best-NNNN.keras (the best epoch so far); removed once complete
+  model.keras       the best epoch by validation AUC, copied from backup/ when training ends
+  predictions_val.csv, predictions_test.csv, skipped.csv (when any file was unreadable), plots/*.png
+  metrics.json      image- and study-level scores of model.keras on val and test, best_epoch, timings
+  complete.json     written last: the run is complete (find_run and load_run pick only complete runs)
   mlflow_run_id.txt MLflow run id and store URI (cfg.mlflow; see fracture/tracking.py)
-  backup/           BackupAndRestore state while training: re-running the same run_name resumes
+
+Resume contract (details in fracture/resume.py): after `kill -9` at any moment, rerunning the same
+command continues after the last committed epoch and ends as if never interrupted: model.keras
+the best epoch of the whole run, metrics.json and history.csv agreeing with it. A run killed after
+its last epoch redoes only the final stage. A complete run_name is refused ("already complete"),
+and so is resuming with another config (the differing keys are named). Every file above is
+written atomically (fracture/fileio.py) or, for history.csv, cut back to the commit on resume.
 """
 
 from __future__ import annotations
