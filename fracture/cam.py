@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from fracture.errors import DataError, FractureError
+from fracture.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -745,7 +746,8 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
     # expected, seen), so its pointing and energy average RANDOM_DRAWS maps per image.
     rows.append(score("random", "-", random_maps(), redraw=random_maps))
     table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
-    table.to_csv(Path(run.path) / "cam_eval.csv", index=False)
+    with atomic_path(Path(run.path) / "cam_eval.csv") as tmp:
+        table.to_csv(tmp, index=False)
     # Context for the table (not in the CSV): what a perfect map on each layer's grid scores.
     table.attrs["oracle"] = {}
     for layer in layers:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from fracture.errors import ConfigError
+from fracture.fileio import atomic_write_text
 
 # Names a config may use, kept here (not looked up in Keras) so a typo fails at load time, in
 # milliseconds, before any framework is imported. tests/test_config.py checks each against Keras.
@@ -86,7 +87,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def field_names() -> list[str]:

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from fracture.fileio import atomic_path, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -127,8 +129,9 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
     if write:
         stored = dict(run.metrics)
         stored[split] = scores
-        (run.path / "metrics.json").write_text(json.dumps(stored, indent=2))
-        frame.to_csv(run.path / f"predictions_{split}.csv", index=False)
+        with atomic_path(run.path / f"predictions_{split}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        atomic_write_text(run.path / "metrics.json", json.dumps(stored, indent=2))
     return scores
 
 
@@ -181,5 +184,6 @@ def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict, out_dir
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)  # a Figure without pyplot needs no close(): nothing else holds it
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)  # a Figure without pyplot needs no close(): nothing else holds it
     return path

@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 
 from fracture import config as config_lib
+from fracture import resume
 from fracture.errors import FractureError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -196,18 +197,33 @@ def load_model(path) -> keras.Model:
 
 
 def find_run(path=None, runs_dir="saved_models") -> Path:
-    """A run folder from a path (folder or its model.keras), or the newest one in `runs_dir`."""
+    """A complete run folder from a path (folder or its model.keras), or the newest complete one in
+    `runs_dir` (by the time it completed). Incomplete runs (training unfinished or killed) are never
+    picked by default: they are named in a warning; an explicit incomplete one is an error."""
     if path:
         path = Path(path)
         path = path.parent if path.is_file() else path
+        if resume.is_incomplete(path):
+            raise FractureError(f"run {path} is incomplete (training or its final evaluation did not finish, "
+                                f"no {resume.MARKER}); {resume.resume_hint(path)}")
         if not (path / "model.keras").is_file():
             raise FractureError(f"no trained run at {path} (expected {path / 'model.keras'}); "
                                 "train one with `python -m fracture train`")
         return path
-    runs = sorted(Path(runs_dir).glob("*/model.keras"), key=lambda p: p.stat().st_mtime)
-    if not runs:
+    folders = sorted(p for p in Path(runs_dir).glob("*") if p.is_dir())
+    incomplete = [p.name for p in folders if resume.is_incomplete(p)]
+    if incomplete:
+        log.warning("skipping incomplete runs in %s/ (training unfinished or killed; rerun their train command "
+                    "to resume): %s", runs_dir, ", ".join(incomplete))
+    complete = [p for p in folders if resume.is_complete(p) and (p / "model.keras").is_file()]
+    if not complete:
         raise FractureError(f"no trained run in {runs_dir}/; train one with `make demo` or `python -m fracture train`")
-    return runs[-1].parent
+    return max(complete, key=_completed_at)
+
+
+def _completed_at(run_dir: Path) -> float:
+    marker = run_dir / resume.MARKER
+    return (marker if marker.is_file() else run_dir / "model.keras").stat().st_mtime
 
 
 def load_run(path=None, runs_dir="saved_models") -> Run:

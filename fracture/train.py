@@ -1,20 +1,28 @@
 """`train(cfg) -> run_dir`: data -> model -> fit with Keras callbacks -> evaluation -> run folder.
 
 saved_models/<run>/
-  model.keras       best epoch by validation AUC (ModelCheckpoint)
-  config.yaml       the fully resolved config
-  history.csv       per-epoch metrics (CSVLogger)
-  metrics.json      image- and study-level scores on val and test, timings
-  predictions_test.csv, skipped.csv (when any file was unreadable), plots/*.png
+  config.yaml       the fully resolved config (written first; a resumed run must match it)
+  history.csv       one row per committed epoch (CSVLogger; rows of an uncommitted epoch are cut on resume)
+  backup/           while training: epoch-NNNN/ (weights + optimizer, state.json) for the newest commit
+                    and the one before, best-NNNN.keras (the best epoch so far); removed once complete
+  model.keras       the best epoch by validation AUC, copied from backup/ when training ends
+  predictions_val.csv, predictions_test.csv, skipped.csv (when any file was unreadable), plots/*.png
+  metrics.json      image- and study-level scores of model.keras on val and test, best_epoch, timings
+  complete.json     written last: the run is complete (find_run and load_run pick only complete runs)
   mlflow_run_id.txt MLflow run id and store URI (cfg.mlflow; see fracture/tracking.py)
-  backup/           BackupAndRestore state while training: re-running the same run_name resumes
+
+Resume contract (details in fracture/resume.py): after `kill -9` at any moment, rerunning the same
+command continues after the last committed epoch and ends as if never interrupted: model.keras
+the best epoch of the whole run, metrics.json and history.csv agreeing with it. A run killed after
+its last epoch redoes only the final stage. A complete run_name is refused ("already complete"),
+and so is resuming with another config (the differing keys are named). Every file above is
+written atomically (fracture/fileio.py) or, for history.csv, cut back to the commit on resume.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -67,47 +75,64 @@ def compile_model(model, cfg) -> None:
 
 
 def make_callbacks(cfg, run_dir: Path) -> list:
+    """Keras callbacks in the order they must run at an epoch's end: the backup (the commit) last."""
     import keras
 
+    from fracture import resume
+
     gamma = cfg.gamma
+    best = resume.BestModel(run_dir / resume.BACKUP)
+    early = plateau = None
+    if cfg.early_stopping:
+        early = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.early_stopping,
+                                              restore_best_weights=False)
+    if cfg.plateau_patience:
+        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=cfg.plateau_patience)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_auc", mode="max",
-                                        save_best_only=True),
-        # Multiply the current rate (not the initial one) so a plateau reduction sticks.
+        best,
+        # Multiply the current rate (not the initial one) so a plateau reduction sticks; the rate is
+        # part of the optimizer state the backup restores, so a resumed run continues the decay.
         keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr if epoch == 0 else lr * gamma),
         keras.callbacks.TerminateOnNaN(),
+        *[cb for cb in (early, plateau) if cb is not None],
+        # After the callbacks above, so the row includes what they added (learning_rate).
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        # Last: its on_epoch_end commits the epoch, after every other file of that epoch is written.
+        resume.RunBackup(run_dir, best, stateful=(early, plateau)),
     ]
-    if cfg.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                                       patience=cfg.early_stopping, restore_best_weights=False))
-    if cfg.plateau_patience:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1,
-                                                           patience=cfg.plateau_patience))
-    # Last, so the row it writes includes what the callbacks above added (learning_rate).
-    callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
     return callbacks
 
 
 def train(cfg) -> Path:
+    """Train into runs_dir/run_name; an incomplete run of that name resumes (same config only)."""
     from fracture import preflight
 
     frame = preflight.check(cfg)  # before Keras is imported and before any folder exists
     import keras
 
+    from fracture import fileio, resume
+    from fracture.model import build_model
+
     keras.utils.set_random_seed(cfg.seed)
     run_dir = new_run_dir(cfg)
-    resuming = (run_dir / "backup").is_dir()
-    if (run_dir / "model.keras").is_file() and not resuming:
-        raise FractureError(f"run {run_dir} is already complete; pick another run_name or delete that folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_name = run_dir.name
+    if resume.is_complete(run_dir):
+        if (run_dir / resume.MARKER).is_file():
+            resume.remove_backup(run_dir)  # left by a kill between the marker and this removal
+        raise FractureError(f"run {run_dir} is already complete; pick another run_name or delete that folder")
+    state = resume.latest_state(run_dir)
+    if state is not None:
+        resume.check_same_config(run_dir, cfg)
+    # Before the folder exists: a weights download that fails (offline) leaves nothing behind.
+    model = build_model(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fileio.remove_partials(run_dir)
     cfg.to_yaml(run_dir / "config.yaml")
-    log.info("%s run %s", "resuming" if resuming else "starting", run_dir)
+    log.info("%s run %s", f"resuming (after epoch {state['epoch']})" if state else "starting", run_dir)
 
     tracker = tracking.start(cfg, run_dir, frame) if cfg.mlflow else None  # None: off or unreachable
     try:
-        metrics, best = _fit_and_evaluate(cfg, run_dir, frame, tracker)
+        metrics, best = _fit_and_evaluate(cfg, run_dir, frame, model, tracker)
     except BaseException as exc:  # the MLflow run ends FAILED (KILLED on Ctrl-C); the error goes on
         if tracker is not None:
             tracker.fail(exc)
@@ -118,47 +143,70 @@ def train(cfg) -> Path:
     return run_dir
 
 
-def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, tracker) -> tuple[dict, object]:
-    """Decode, fit, evaluate: writes every run-folder file but config.yaml; returns (metrics, best model)."""
-    from fracture.evaluate import predict_images, save_plots, score_frame, format_table
-    from fracture.model import build_model, count_params, load_model
+def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, model, tracker) -> tuple[dict, object]:
+    """Decode, fit (or resume), evaluate: writes every run-folder file but config.yaml; returns (metrics, best model)."""
+    from fracture import fileio
 
-    model = build_model(cfg)  # first: a weights download or error comes before minutes of decoding
     arrays = data_lib.split_arrays(frame, cfg)
     skipped = arrays.pop("skipped")
     if len(skipped):
-        skipped.to_csv(run_dir / "skipped.csv", index=False)
+        with fileio.atomic_path(run_dir / "skipped.csv") as tmp:
+            skipped.to_csv(tmp, index=False)
     log.info("skipped %d unreadable files%s", len(skipped), f" (see {run_dir / 'skipped.csv'})" if len(skipped) else "")
     for needed in ("train", "val"):
         if needed not in arrays or not len(arrays[needed][1]):
             raise DataError(f"no readable '{needed}' images in {cfg.data_dir}")
     train_frame, x_train, y_train = arrays["train"]
-    _, x_val, y_val = arrays["val"]
-
     weights = class_weights(train_frame) if cfg.class_weighting else {0: 1.0, 1: 1.0}
+    state = _fit(cfg, run_dir, model, arrays, weights, tracker)
+    return _finish(cfg, run_dir, arrays, skipped, weights, state)
+
+
+def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker) -> dict:
+    """Train the epochs not yet committed; returns the final committed state (see fracture/resume.py)."""
+    from fracture import resume
+
+    state = resume.latest_state(run_dir)
+    if resume.training_done(state, cfg.epochs):
+        log.info("training of %s finished before (%d epochs); redoing only the final evaluation", run_dir.name,
+                 state["epoch"])
+        resume.cut_history(run_dir / "history.csv", state["epoch"])
+        return state
+    _, x_train, y_train = arrays["train"]
+    _, x_val, y_val = arrays["val"]
     sample_weights = np.where(y_train == 1, weights[1], weights[0]).astype(np.float32)
     train_batches = data_lib.make_batches(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed,
                                           sample_weights=sample_weights)
     val_batches = data_lib.make_batches(x_val, y_val, cfg.batch_size, shuffle=False)
 
     compile_model(model, cfg)
-    trainable, frozen = count_params(model)
     callbacks = make_callbacks(cfg, run_dir)
+    backup = callbacks[-1]
     if tracker is not None:
         callbacks.append(tracker.callback())
-
-    started = time.perf_counter()
     model.fit(train_batches, validation_data=val_batches, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
-    train_seconds = time.perf_counter() - started
+    return backup.state
 
+
+def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dict) -> tuple[dict, object]:
+    """The best epoch's model, predictions, plots, metrics.json, then the marker that says "complete"."""
+    from fracture import fileio, resume
+    from fracture.evaluate import predict_images, save_plots, score_frame, format_table
+    from fracture.model import count_params, load_model
+
+    if not state["best_model"]:
+        raise FractureError(f"no epoch of {run_dir.name} produced a val_auc to pick the best model by")
+    fileio.atomic_copy(run_dir / resume.BACKUP / state["best_model"], run_dir / "model.keras")
     history = pd.read_csv(run_dir / "history.csv")
     best = load_model(run_dir / "model.keras")
+    trainable, frozen = count_params(best)
+    n_train = len(arrays["train"][1])
     metrics = {
         "run": run_dir.name,
-        "best_epoch": int(history.loc[history["val_auc"].idxmax(), "epoch"]) + 1,
-        "epochs_run": int(len(history)),
-        "train_seconds": round(train_seconds, 1),
-        "train_images_per_second": round(len(x_train) * len(history) / max(train_seconds, 1e-9), 2),
+        "best_epoch": int(state["best_epoch"]),
+        "epochs_run": int(state["epoch"]),
+        "train_seconds": round(state["train_seconds"], 1),  # epoch times summed over restarts
+        "train_images_per_second": round(n_train * state["epoch"] / max(state["train_seconds"], 1e-9), 2),
         "trainable_params": trainable,
         "frozen_params": frozen,
         "class_weights": {str(k): v for k, v in weights.items()},
@@ -171,9 +219,12 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, tracker) -> tuple
             part, images, _ = arrays[split]
             scored[split] = part.assign(probability=predict_images(best, images, cfg.batch_size))
             metrics[split] = score_frame(scored[split], cfg.threshold)
-            scored[split].to_csv(run_dir / f"predictions_{split}.csv", index=False)
+            with fileio.atomic_path(run_dir / f"predictions_{split}.csv") as tmp:
+                scored[split].to_csv(tmp, index=False)
             log.info("%s:\n%s", split, format_table(metrics[split]))
     plot_split = "test" if "test" in scored else "val"  # ROC and confusion matrix of the held-out data
     save_plots(history, scored[plot_split], metrics[plot_split], run_dir / "plots", cfg.threshold, plot_split)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    fileio.atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    resume.write_marker(run_dir, metrics)  # the run is complete from here on
+    resume.remove_backup(run_dir)
     return metrics, best

@@ -14,12 +14,14 @@ from fracture.train import class_weights
 from tests.conftest import BROKEN, tiny_config
 
 RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_val.csv",
-             "predictions_test.csv", "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png"]
+             "predictions_test.csv", "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png", "complete.json"]
 
 
 def test_run_folder_is_complete(trained_run):
     for name in RUN_FILES:
         assert (trained_run / name).is_file(), name
+    # Training state and temporary files are gone once the run is complete (see fracture/resume.py).
+    assert not (trained_run / "backup").exists() and not list(trained_run.glob(".*partial*"))
     history = pd.read_csv(trained_run / "history.csv")
     assert {"epoch", "loss", "auc", "val_loss", "val_auc", "learning_rate"} <= set(history.columns)
     metrics = json.loads((trained_run / "metrics.json").read_text())
