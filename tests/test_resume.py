@@ -294,9 +294,9 @@ def test_find_run_with_only_incomplete_runs_is_an_error(tmp_path):
         find_run(None, tmp_path)
 
 
-def committed_fake(tmp_path, **overrides):
+def committed_fake(tmp_path, data_dir=None, **overrides):
     """A run folder with config.yaml and one committed epoch, as a killed run leaves it."""
-    cfg = tiny_config(tmp_path, tmp_path / "data", run_name="resumable", **overrides)
+    cfg = tiny_config(tmp_path, data_dir or tmp_path / "data", run_name="resumable", **overrides)
     run_dir = Path(cfg.runs_dir) / "resumable"
     (run_dir / "backup" / "epoch-0001").mkdir(parents=True)
     (run_dir / "backup" / "epoch-0001" / resume.STATE).write_text(json.dumps(resume.fresh_state() | {"epoch": 1}))
@@ -304,8 +304,8 @@ def committed_fake(tmp_path, **overrides):
     return cfg, run_dir
 
 
-def test_resuming_with_a_changed_key_names_it(tmp_path):
-    cfg, run_dir = committed_fake(tmp_path)
+def test_resuming_with_a_changed_key_names_it(tmp_path, synth_root):
+    cfg, run_dir = committed_fake(tmp_path, synth_root)
     changed = fr.load_config(overrides={**cfg.to_dict(), "learning_rate": 0.05, "dropout": 0.1})
     with pytest.raises(ConfigError, match=r"dropout: 0\.3 \(stored\) != 0\.1 \(now\); learning_rate: 0\.001 \(stored\) != 0\.05"):
         fr.train(changed)
