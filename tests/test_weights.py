@@ -139,24 +139,30 @@ def test_imagenet_weights_download_once_into_the_keras_cache(weights_server, tmp
     assert weights_server.requests == [f"/{weights_server.name}"]
 
 
-@pytest.mark.parametrize("failure", ["wrong md5", "HTTP 404", "truncated", "connection refused"])
+@pytest.mark.parametrize("failure", ["wrong md5", "HTTP 404", "truncated", "connection refused", "stalled"])
 def test_a_failed_download_is_one_clear_error_fast_and_leaves_no_file(failure, weights_server, tmp_path,
                                                                       monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     base, path, md5 = weights_server.url, f"/{weights_server.name}", weights_server.md5
+    silent = socket.socket()
     if failure == "wrong md5":
         md5 = "0" * 32
     elif failure == "HTTP 404":
         path = "/missing/nothing.h5"
     elif failure == "truncated":
         path = f"/truncated/{weights_server.name}"
-    else:
+    elif failure == "connection refused":
         base = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    else:  # the connection opens (listen backlog) and then nothing ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        base = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setattr(model, "DOWNLOAD_TIMEOUT_S", 1)
     url = base + path
     monkeypatch.setitem(model.IMAGENET_SOURCES, "VGG16", (url, md5))
 
     started = time.perf_counter()
-    with pytest.raises(WeightsError) as err:
+    with silent, pytest.raises(WeightsError) as err:
         build_model(cfg_of(backbone="VGG16", weights="imagenet"))
     assert time.perf_counter() - started < 10
     message = str(err.value)
