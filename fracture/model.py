@@ -81,7 +81,8 @@ def _keras_imagenet_source(backbone: str) -> tuple[str, str]:
     file_name = imagenet_weights_file(backbone)
     if family in ("resnet", "resnet_v2", "efficientnet"):
         # Keras keeps these in a WEIGHTS_HASHES table ((top, no-top) md5s); ResNetV2 uses resnet's.
-        module = importlib.import_module(f"keras.src.applications.{'efficientnet' if family == 'efficientnet' else 'resnet'}")
+        holder = "efficientnet" if family == "efficientnet" else "resnet"
+        module = importlib.import_module(f"keras.src.applications.{holder}")
         key = backbone.lower().removeprefix("efficientnet")
         return module.BASE_WEIGHTS_PATH + file_name, module.WEIGHTS_HASHES[key][1]
     module = importlib.import_module(f"keras.src.applications.{family}")
