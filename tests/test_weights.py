@@ -228,3 +228,12 @@ def test_models_saved_with_the_old_custom_layer_still_load(tmp_path):
     x = np.random.default_rng(1).uniform(0, 255, (1, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
                                keras.applications.densenet.preprocess_input(x.copy()), rtol=1e-5, atol=1e-5)
+
+
+def test_a_corrupt_cached_file_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    cached = tmp_path / "models" / imagenet_weights_file("VGG16")
+    cached.parent.mkdir()
+    cached.write_bytes(b"<html>a captive portal, not HDF5</html>")
+    with pytest.raises(WeightsError, match=f"cannot read the weights file {re.escape(str(cached))}.*Delete or replace"):
+        build_model(cfg_of(backbone="VGG16", weights="imagenet"))
