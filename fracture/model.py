@@ -10,9 +10,11 @@ every backbone layer can be reached by name (for CAMs) on every Keras backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,38 +53,169 @@ def imagenet_weights_file(backbone: str) -> str:
 
 
 def keras_models_dir() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
+    """Where Keras caches application weights: $KERAS_HOME/models, else ~/.keras/models.
+    Read at call time (Keras reads KERAS_HOME once, at import), so both agree in a fresh process."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "models"
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet weights: where Keras downloads them from
+# --------------------------------------------------------------------------------------------
+# backbone -> (origin URL, md5) of its no-top ImageNet weights. Filled on first use from Keras's own
+# applications modules, so URL and hash always match the Keras version installed; tests put a
+# loopback server here.
+IMAGENET_SOURCES: dict[str, tuple[str, str]] = {}
+DOWNLOAD_TIMEOUT_S = 30  # per socket operation: a stalled server fails in seconds, a slow one still finishes
+
+
+def imagenet_source(backbone: str) -> tuple[str, str]:
+    """(origin URL, md5) of the no-top ImageNet weights file, as Keras's applications module has them."""
+    if backbone not in IMAGENET_SOURCES:
+        IMAGENET_SOURCES[backbone] = _keras_imagenet_source(backbone)
+    return IMAGENET_SOURCES[backbone]
+
+
+def _keras_imagenet_source(backbone: str) -> tuple[str, str]:
+    import importlib
+
+    family = BACKBONES[backbone]
+    file_name = imagenet_weights_file(backbone)
+    if family in ("resnet", "resnet_v2", "efficientnet"):
+        # Keras keeps these in a WEIGHTS_HASHES table ((top, no-top) md5s); ResNetV2 uses resnet's.
+        holder = "efficientnet" if family == "efficientnet" else "resnet"
+        module = importlib.import_module(f"keras.src.applications.{holder}")
+        key = backbone.lower().removeprefix("efficientnet")
+        return module.BASE_WEIGHTS_PATH + file_name, module.WEIGHTS_HASHES[key][1]
+    module = importlib.import_module(f"keras.src.applications.{family}")
+    constant = f"{backbone.upper()}_WEIGHT_PATH_NO_TOP" if family == "densenet" else "WEIGHTS_PATH_NO_TOP"
+    url = getattr(module, constant)
+    if not url.endswith("/" + file_name):
+        raise ValueError(f"keras.src.applications.{family}.{constant} = {url} does not name {file_name}")
+    # These modules write the hash inline, in their get_file(file_name, ..., file_hash=...) call.
+    return url, _file_hash_in_source(module, file_name)
+
+
+def _file_hash_in_source(module, file_name: str) -> str:
+    """The `file_hash=` literal of the `get_file("<file_name>", ...)` call in a Keras module's source."""
+    import ast
+    import inspect
+
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value == file_name):
+            for keyword in node.keywords:
+                if keyword.arg == "file_hash" and isinstance(keyword.value, ast.Constant):
+                    return keyword.value.value
+    raise ValueError(f"no get_file('{file_name}', ..., file_hash=...) call in {module.__name__}")
+
+
+def download_imagenet(backbone: str) -> Path:
+    """The cached no-top ImageNet weights file, downloaded with Keras's `get_file` (md5-checked) if needed.
+
+    The download goes to a temporary folder beside the cache and is moved in only once complete and
+    verified: an interrupted, truncated or wrong file never sits in the cache under the real name.
+    """
+    import shutil
+    import tempfile
+
+    target = keras_models_dir() / imagenet_weights_file(backbone)
+    if target.is_file():
+        return target
+    try:
+        url, md5 = imagenet_source(backbone)
+    except (AttributeError, KeyError, OSError, TypeError, ValueError) as exc:
+        raise WeightsError(_missing_weights_message(backbone, target, None,
+                                                    f"cannot read its URL from Keras: {exc}")) from exc
+    staging = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            path = keras.utils.get_file(target.name, url, file_hash=md5, cache_subdir=str(staging))
+        os.replace(path, target)
+    except Exception as exc:  # get_file raises bare Exception for URL errors, ValueError for a bad hash
+        reason = str(exc).replace(f" on {url}", "").strip() or type(exc).__name__  # the URL comes later
+        raise WeightsError(_missing_weights_message(backbone, target, url, reason)) from exc
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("ImageNet weights for %s saved to %s", backbone, target)
+    return target
+
+
+def _missing_weights_message(backbone: str, target: Path, url: str | None, reason: str) -> str:
+    where = f"from {url}" if url else "from https://storage.googleapis.com/tensorflow/keras-applications/"
+    return (f"cannot download the ImageNet weights for {backbone} ({reason}). Download '{target.name}' {where} "
+            f"on a machine with internet and place it in {target.parent}/, or pass weights=/path/to/{target.name}, "
+            "or weights=none to train from scratch (allow_random_weights=true makes this a warning instead of "
+            "an error).")
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """Keras's get_file (urlretrieve) takes no timeout: without one a silent server blocks forever."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def resolve_weights(cfg) -> str | None:
-    """'imagenet' -> the cached weights file (never a download), 'none' -> None, else a checked path."""
+    """'imagenet' -> the cached weights file (downloaded on first use), 'none' -> None, else a checked path."""
     choice = cfg.weights.strip()
     if choice.lower() in ("none", "", "random", "scratch"):
         return None
     if choice.lower() == "imagenet":
-        cached = keras_models_dir() / imagenet_weights_file(cfg.backbone)
-        if cached.is_file():
-            return str(cached)
-        message = (
-            f"ImageNet weights for {cfg.backbone} are not in the Keras cache and cannot be downloaded "
-            f"here. Place the file '{cached.name}' in {cached.parent}/ (Keras downloads it from "
-            "https://storage.googleapis.com/tensorflow/keras-applications/ on a machine with internet), "
-            "or pass weights=/path/to/that_file.h5, or weights=none to train from scratch "
-            "(allow_random_weights=true makes this a warning instead of an error)."
-        )
-        if cfg.allow_random_weights:
-            log.warning("%s Continuing from random initialisation.", message)
+        try:
+            return str(download_imagenet(cfg.backbone))
+        except WeightsError as exc:
+            if not cfg.allow_random_weights:
+                raise
+            log.warning("%s Continuing from random initialisation.", exc)
             return None
-        raise WeightsError(message)
     path = Path(choice).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path} (use weights=imagenet, weights=none or a file path)")
     return str(path)
 
 
+# --------------------------------------------------------------------------------------------
+# preprocessing layers
+# --------------------------------------------------------------------------------------------
+# Which `preprocess_input` each keras.applications module applies (keras/src/applications/imagenet_utils.py).
+PREPROCESS_MODES = {"densenet": "torch", "resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+                    "resnet_v2": "tf", "xception": "tf", "inception_v3": "tf", "efficientnet": "none"}
+TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # RGB, on 0-1 pixels
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def backbone_preprocess_layer(module: str, name: str = "backbone_preprocess") -> keras.layers.Layer:
+    """The backbone's `preprocess_input` for gray replicated to RGB, as one built-in Keras layer.
+
+    On three equal channels every mode is a per-channel affine map, so a Normalization (or Rescaling)
+    reproduces it exactly, and a saved model loads with plain Keras, no `import fracture`:
+      torch (DenseNet):          (x/255 - mean) / std       = (x - 255 mean) / (255 std)
+      caffe (VGG, ResNet v1):    RGB->BGR, minus BGR means  = channel c: x - mean_bgr[c] (channels equal)
+      tf (ResNetV2, Xception, InceptionV3): x/127.5 - 1
+      none (EfficientNet: its own Rescaling/Normalization are inside the backbone)
+    """
+    mode = PREPROCESS_MODES[module]
+    if mode == "torch":
+        return keras.layers.Normalization(mean=[255.0 * m for m in TORCH_MEAN],
+                                          variance=[(255.0 * s) ** 2 for s in TORCH_STD], name=name)
+    if mode == "caffe":
+        return keras.layers.Normalization(mean=list(CAFFE_MEAN_BGR), variance=[1.0, 1.0, 1.0], name=name)
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)
+    return keras.layers.Identity(name=name)
+
+
 @keras.saving.register_keras_serializable(package="fracture")
 class BackbonePreprocess(keras.layers.Layer):
-    """The backbone's own `preprocess_input`, as a layer, so the saved model carries it."""
+    """The custom layer models saved before the built-in preprocessing used. Kept registered so
+    those old `model.keras` files still load (after `import fracture`); new models do not use it."""
 
     def __init__(self, module: str, **kwargs):
         super().__init__(**kwargs)
@@ -109,7 +242,7 @@ def _preprocessing(x, cfg):
         x = keras.layers.RandomTranslation(cfg.translate, cfg.translate, fill_mode="constant",
                                            seed=cfg.seed, name="augment_translation")(x)
     x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
-    return BackbonePreprocess(BACKBONES[cfg.backbone], name="backbone_preprocess")(x)
+    return backbone_preprocess_layer(BACKBONES[cfg.backbone])(x)
 
 
 def build_model(cfg) -> keras.Model:
@@ -125,6 +258,9 @@ def build_model(cfg) -> keras.Model:
         backbone = constructor(include_top=False, weights=weights, input_tensor=x)
     except ValueError as exc:
         raise FractureError(f"cannot build {cfg.backbone} at image_size={size} with weights={cfg.weights}: {exc}")
+    except OSError as exc:  # h5py: a truncated or non-HDF5 file
+        raise WeightsError(f"cannot read the weights file {weights}: {exc}. Delete or replace it "
+                           "(weights=imagenet downloads it again when it is missing from the cache).") from exc
     backbone_layers = [layer for layer in backbone.layers
                        if layer.name not in PREPROCESS_LAYERS and not isinstance(layer, keras.layers.InputLayer)]
     set_trainable(backbone_layers, cfg.trainable_layers)

@@ -244,9 +244,9 @@ class MlflowTracker:
             self.client.log_artifacts(self.run_id, str(run_dir / "plots"), "plots")
 
     def _log_model(self, model, run_dir: Path) -> None:
-        """MLflow's Keras flavor under `model/` (loads with mlflow.keras / mlflow.pyfunc once
-        `fracture` is imported: it registers the model's preprocessing layer). Should the flavor fail
-        on some backend or MLflow version, `model/` holds the plain model.keras and its signature."""
+        """MLflow's Keras flavor under `model/`: loads with mlflow.keras / mlflow.pyfunc and serves with
+        `mlflow models serve` on plain Keras (the model holds only built-in layers). Should the flavor
+        fail on some backend or MLflow version, `model/` holds the plain model.keras and its signature."""
         signature = model_signature(model)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "model"
@@ -255,8 +255,7 @@ class MlflowTracker:
 
                 mlflow.keras.save_model(model, str(local), signature=signature, pip_requirements=requirements(),
                                         metadata={"input": "raw grayscale pixels 0-255, float32 (N, S, S, 1)",
-                                                  "output": "fracture probability (N, 1)",
-                                                  "load_note": "import fracture before loading"})
+                                                  "output": "fracture probability (N, 1)"})
             except Exception as exc:
                 log.warning("MLflow Keras flavor failed (%s); logging model.keras with its signature instead", exc)
                 shutil.rmtree(local, ignore_errors=True)

@@ -1,5 +1,3 @@
-import logging
-
 import h5py
 import keras
 import numpy as np
@@ -72,22 +70,6 @@ def test_unknown_backbone():
     with pytest.raises(FractureError, match="unknown backbone 'DenseNet122'"):
         build_model(cfg_of(backbone="DenseNet122"))
     assert {"DenseNet121", "ResNet50", "EfficientNetB0"} <= set(BACKBONES)
-
-
-def test_missing_imagenet_weights_say_what_to_place_where(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(WeightsError) as err:
-        build_model(cfg_of(weights="imagenet"))
-    message = str(err.value)
-    assert "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
-    assert str(tmp_path / "models") in message and "weights=none" in message
-
-
-def test_missing_imagenet_weights_can_fall_back_to_scratch(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with caplog.at_level(logging.WARNING):
-        model = build_model(cfg_of(weights="imagenet", allow_random_weights=True))
-    assert model.output_shape == (None, 1) and "random initialisation" in caplog.text
 
 
 def test_cached_imagenet_file_is_used(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 on a free 127.0.0.1 port, and an unreachable one. Three tiny trainings (VGG16, 32 px) in all;
 every assertion about the SQLite store reads back the one module-scoped run."""
 
+import contextlib
 import json
 import logging
 import math
@@ -115,6 +116,89 @@ def test_logged_model_loads_with_mlflow_and_predicts_like_the_run(local_run, mon
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 32, 32, 1)
     probabilities = np.asarray(model.predict(images.astype(np.float32))).ravel()
     np.testing.assert_allclose(probabilities, stored["probability"], atol=1e-5)
+
+
+# What a user without this package runs: plain Keras and plain MLflow, in a fresh interpreter.
+FRESH_LOAD = """
+import json, sys
+import keras, mlflow, numpy as np
+images = np.load(sys.argv[1])
+from_keras = keras.saving.load_model(sys.argv[2]).predict(images, verbose=0)
+from_pyfunc = mlflow.pyfunc.load_model(sys.argv[3]).predict(images)
+imported = sorted(name for name in sys.modules if name.split(".")[0] == "fracture")
+print(json.dumps({"keras": np.ravel(from_keras).tolist(), "pyfunc": np.ravel(from_pyfunc).tolist(),
+                  "imported": imported}))
+"""
+
+
+def outside_env(uri: str) -> dict:
+    """This interpreter's environment with the test's store, without this checkout on PYTHONPATH, and
+    with the venv's bin first on PATH (`mlflow models serve` runs `uvicorn` found on PATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+def stored_predictions(run_dir: Path, n: int):
+    """The run's first `n` test images as raw pixels, and the probabilities training stored for them."""
+    stored = pd.read_csv(run_dir / "predictions_test.csv").head(n)
+    images, ok, _ = fr.load_images(stored["path"], 32)
+    assert ok.all()
+    return images.astype(np.float32), stored["probability"].to_numpy()
+
+
+def test_saved_models_load_with_plain_keras_and_mlflow_in_a_fresh_process(local_run, tmp_path):
+    images, expected = stored_predictions(local_run.run_dir, 4)
+    np.save(tmp_path / "images.npy", images)
+    done = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(tmp_path / "images.npy"),
+                           str(local_run.run_dir / "model.keras"), f"runs:/{local_run.run_id}/model"],
+                          cwd=tmp_path, env=outside_env(local_run.uri), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["imported"] == []  # neither load needed (or imported) this package
+    np.testing.assert_allclose(result["keras"], expected, atol=1e-5)
+    np.testing.assert_allclose(result["pyfunc"], expected, atol=1e-5)
+
+
+def test_logged_model_serves_with_mlflow_models_serve(local_run, tmp_path):
+    images, expected = stored_predictions(local_run.run_dir, 1)
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
+    command += ["models", "serve", "-m", f"runs:/{local_run.run_id}/model", "--env-manager", "local",
+                "-h", "127.0.0.1", "-p", str(port)]
+    server_log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(command, cwd=tmp_path, env=outside_env(local_run.uri), stdout=server_log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow models serve did not come up:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        request = urllib.request.Request(f"{url}/invocations", json.dumps({"inputs": images.tolist()}).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            predictions = json.loads(answer.read())["predictions"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already when it failed to start
+            os.killpg(server.pid, 15)  # the mlflow CLI and its uvicorn
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait()
+        server_log.close()
+    assert np.shape(predictions) == (1, 1)
+    np.testing.assert_allclose(np.ravel(predictions), expected, atol=1e-5)
 
 
 def test_runs_cli_prints_the_best_runs_from_the_store(local_run, monkeypatch, capsys):
