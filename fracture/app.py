@@ -284,8 +284,6 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         if upload is None:
             return _error(400, "no file: send the image as multipart/form-data in a field named 'file'")
         data = upload.read()
-        if not data:
-            return _error(400, "the uploaded file is empty")
         # Header size check, truncation check, decode: the same function as training and predict,
         # so the model sees the same input for the same file; every failure is an ImageError (400).
         gray = imageio.decode_gray(data, app.config["MAX_PIXELS"])
