@@ -29,12 +29,13 @@ import numpy as np
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from fracture import imageio
 from fracture.errors import FractureError, ImageError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 20.0  # larger request bodies get 413
-DEFAULT_MAX_PIXELS = 40_000_000  # header width x height above this is a decompression bomb -> 400
+DEFAULT_MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS  # header width x height above this is a decompression bomb -> 400
 DISPLAY_SIZE = 512  # long side of the images the API sends back (preview, CAM overlay)
 CAM_METHOD = "gradcam"
 # A few sensible CAM layers per backbone family, deepest first; only those present in the model
@@ -61,59 +62,8 @@ class MemoryRequest(Flask.request_class):
 
 
 # --------------------------------------------------------------------------------------------
-# image checks (cheap, before any pixel is decoded)
+# images: decoded by fracture.imageio.decode_gray, the decoder of training and the CLI
 # --------------------------------------------------------------------------------------------
-def is_dicom(data: bytes) -> bool:
-    return len(data) > 132 and data[128:132] == b"DICM"  # the same test as data.decode_bytes
-
-
-def header_size(data: bytes) -> tuple[int, int, int]:
-    """(width, height, frames) read from the file header alone, without decoding pixels."""
-    if is_dicom(data):
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            return int(ds.Columns), int(ds.Rows), int(getattr(ds, "NumberOfFrames", 1) or 1)
-        except Exception as exc:  # pydicom raises many types for a broken header
-            raise ImageError(f"cannot read DICOM header: {exc}") from exc
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # parses the header; pixels stay undecoded
-            width, height = image.size
-    except Image.DecompressionBombError as exc:  # Pillow's own hard limit (~179 MP)
-        raise ImageError(f"too many pixels: {exc}") from exc
-    except Exception as exc:
-        raise ImageError("not a readable image (PNG, JPEG, BMP, TIFF or DICOM expected)") from exc
-    return int(width), int(height), 1
-
-
-def check_pixels(data: bytes, max_pixels: int) -> tuple[int, int]:
-    width, height, frames = header_size(data)
-    pixels = width * height * frames
-    if pixels > max_pixels:
-        raise ImageError(f"too many pixels: the header says {width}x{height}"
-                         f"{f'x{frames} frames' if frames > 1 else ''} = {pixels:,}, the limit is {max_pixels:,}")
-    if pixels == 0:
-        raise ImageError(f"empty image: the header says {width}x{height}")
-    return width, height
-
-
-def decode(data: bytes) -> np.ndarray:
-    """Uploaded bytes -> uint8 gray. Whatever a decoder raises on hostile bytes (OpenCV, pydicom
-    on a multi-frame or odd file) is the upload's fault: an ImageError (400), not a 500."""
-    from fracture.data import decode_bytes
-
-    try:
-        return decode_bytes(data)
-    except ImageError:
-        raise
-    except Exception as exc:
-        log.warning("upload failed to decode: %s: %s", type(exc).__name__, exc)
-        raise ImageError("cannot decode the image; send a single-frame PNG, JPEG, BMP, TIFF or DICOM") from exc
-
-
 def display_image(gray: np.ndarray, long_side: int = DISPLAY_SIZE) -> np.ndarray:
     """`gray` scaled (aspect kept) so its long side is at most `long_side`."""
     import cv2
@@ -334,10 +284,10 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         if upload is None:
             return _error(400, "no file: send the image as multipart/form-data in a field named 'file'")
         data = upload.read()
-        if not data:
-            return _error(400, "the uploaded file is empty")
-        width, height = check_pixels(data, app.config["MAX_PIXELS"])
-        gray = decode(data)
+        # Header size check, truncation check, decode: the same function as training and predict,
+        # so the model sees the same input for the same file; every failure is an ImageError (400).
+        gray = imageio.decode_gray(data, app.config["MAX_PIXELS"])
+        height, width = gray.shape
         x = predictor.prepare(gray)
         if want_cam:
             probability, heatmap = predictor.probability_and_cam(x, layer)

@@ -486,7 +486,8 @@ def render(run, paths, layers, methods, out_dir="layer_outputs", target="fractur
     `features__<layer>.png` (channel grid) and `panel.png` (original with the prediction, then one
     overlay per layer and method). Returns the written paths.
     """
-    from fracture.data import read_gray, resize
+    from fracture.data import resize
+    from fracture.imageio import read_gray
 
     layers = [layers] if isinstance(layers, str) else list(layers)
     methods = check_methods(methods)
@@ -496,8 +497,8 @@ def render(run, paths, layers, methods, out_dir="layer_outputs", target="fractur
     originals, stems = [], {}
     for p in map(Path, paths):
         try:
-            originals.append((p, read_gray(p)))
-        except (FractureError, OSError) as exc:
+            originals.append((p, read_gray(p, run.config.max_pixels)))
+        except FractureError as exc:
             log.warning("skipping %s: %s", p, exc)
     if not originals:
         return []
@@ -668,7 +669,8 @@ def deletion_insertion(model, images, maps, steps=16, target="fracture", blur=0.
 
 def _positives_with_boxes(run, limit=0, split="test"):
     """Positive images of one split of the run's synthetic data: (paths, images at model size, boxes)."""
-    from fracture.data import load_index, read_gray, resize
+    from fracture.data import load_index, resize
+    from fracture.imageio import read_gray
 
     cfg = run.config
     try:
@@ -690,7 +692,7 @@ def _positives_with_boxes(run, limit=0, split="test"):
     size = run.model.input_shape[1]
     images, scaled = [], []
     for p in paths:
-        gray = read_gray(p)
+        gray = read_gray(p, cfg.max_pixels)
         images.append(resize(gray, size))
         scaled.append(scale_box(box_of[str(Path(p).resolve())], gray.shape, size))
     return paths, np.stack(images)[..., None].astype(np.float32), np.asarray(scaled)

@@ -45,13 +45,24 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
+    """The table of readable files on stdout; each unreadable file and its reason on stderr, then
+    an `error:` line and exit status 2 (a script must not mistake a partial answer for a full one)."""
+    from fracture.errors import ImageError
     from fracture.evaluate import predict_paths
     from fracture.model import load_run
 
     run = load_run(args.run)
     table = predict_paths(run, args.images)
-    with _pandas_wide():
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    unreadable = table[table["label"] == "unreadable"]
+    readable = table[table["label"] != "unreadable"][["path", "probability", "label"]]
+    if len(readable):
+        with _pandas_wide():
+            print(readable.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for path, reason in zip(unreadable["path"], unreadable["reason"]):
+        print(f"unreadable: {path}: {reason}", file=sys.stderr)
+    if len(unreadable):
+        raise ImageError(f"{len(unreadable)} of {len(table)} inputs could not be read (listed above"
+                         f"{'; the others are predicted above' if len(readable) else ''})")
 
 
 def _pandas_wide():

@@ -48,6 +48,7 @@ class Config:
     positive_class: str = "fractured"  # class-folder name that means "fracture" (data_format=folders)
     val_fraction: float = 0.2  # share of training *patients* held out for validation
     cache_dir: str = "data/processed"  # decoded uint8 arrays, keyed by file list + image size
+    max_pixels: int = 40_000_000  # images whose header claims more pixels are skipped unread (bombs)
     # --- model ------------------------------------------------------------------------------
     backbone: str = "DenseNet121"  # DenseNet121/169/201, ResNet50/101/152(V2), EfficientNetB0-7, VGG16/19, Xception, InceptionV3
     weights: str = "imagenet"  # "imagenet" (Keras cache ~/.keras/models), "none", or a weights file path

@@ -18,6 +18,7 @@ import pandas as pd
 
 from fracture.config import STUDY_TYPES, parse_study_types
 from fracture.errors import DataError, ImageError
+from fracture.imageio import DECODER_VERSION, DEFAULT_MAX_PIXELS, is_dicom_file, read_gray
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +28,29 @@ MURA_SPLITS = {"train": "train", "valid": "test"}  # MURA's own test set is hidd
 
 
 def is_image_file(path: Path) -> bool:
-    """Real images only: macOS junk (`._image1.png`, `.DS_Store`) and other files are skipped."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image suffix, or any other name whose bytes say DICOM (scanners name files by UID,
+    `1.2.840.113619.2.55.3.4`, or give them no suffix at all). macOS junk (`._image1.png`,
+    `.DS_Store`) is skipped whatever it holds."""
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path)
 
 
 def expand_image_paths(paths) -> list[Path]:
-    """Image files given as files or folders (searched recursively, sorted)."""
-    files = []
-    for p in map(Path, paths):
+    """Image files given as files or folders (searched recursively, sorted). A file named
+    explicitly is always kept (the decoder judges it by its bytes); a folder contributes its
+    image files (`is_image_file`). No image file at all is a DataError."""
+    files, paths = [], [Path(p) for p in paths]
+    for p in paths:
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(f"no such image or folder: {p}")
+    if paths and not files:
+        raise DataError(f"no image files in {', '.join(map(str, paths))} (looked for "
+                        f"{' '.join(sorted(IMAGE_SUFFIXES))} and DICOM files by content)")
     return files
 
 
@@ -201,66 +211,6 @@ def describe(frame: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # decoding and the decode-once cache
 # --------------------------------------------------------------------------------------------
-def read_gray(path) -> np.ndarray:
-    """Any PNG/JPEG/DICOM, any bit depth or channel count -> 2-D uint8 grayscale."""
-    import cv2
-
-    path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        image = _read_dicom(path)
-    else:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageError(f"cannot decode image {path}")
-    return to_gray_uint8(image)
-
-
-def decode_bytes(data: bytes) -> np.ndarray:
-    """Decode an uploaded file (PNG, JPEG, DICOM...) held in memory to uint8 grayscale."""
-    import cv2
-
-    if len(data) > 132 and data[128:132] == b"DICM":
-        return to_gray_uint8(_read_dicom(data))
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageError("not a readable image (PNG, JPEG, BMP, TIFF or DICOM expected)")
-    return to_gray_uint8(image)
-
-
-def _read_dicom(source) -> np.ndarray:
-    import io
-
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source))
-        image = ds.pixel_array.astype(np.float32)
-    except Exception as exc:  # pydicom raises many types for a broken file
-        raise ImageError(f"cannot read DICOM: {exc}") from exc
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        image = image[0]  # a multi-frame series: the first frame is the radiograph to classify
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        image = image.max() - image  # MONOCHROME1 stores bone dark; flip to the usual look
-    return image
-
-
-def to_gray_uint8(image: np.ndarray) -> np.ndarray:
-    import cv2
-
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    if image.ndim != 2 or image.size == 0:
-        raise ImageError(f"unexpected image shape {image.shape}")
-    if image.dtype == np.uint8:
-        return image
-    image = image.astype(np.float32)
-    lo, hi = float(image.min()), float(image.max())
-    scaled = (image - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(image)
-    return scaled.round().astype(np.uint8)
-
-
 def resize(image: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
@@ -268,9 +218,10 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
-def cache_key(paths, size: int) -> str:
-    """Key = ordered file list, each file's size and mtime, and the target size."""
-    digest = hashlib.sha1(f"size={size}".encode())
+def cache_key(paths, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """Key = ordered file list, each file's size and mtime, the target size, the decoder version
+    and the pixel limit (a new decoder or limit decodes afresh instead of reusing old arrays)."""
+    digest = hashlib.sha1(f"size={size} decoder={DECODER_VERSION} max_pixels={max_pixels}".encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -281,8 +232,10 @@ def cache_key(paths, size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_images(paths, size: int, cache_dir=None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Decode `paths` once to (N, size, size, 1) uint8; later calls read the cached array.
+def load_images(paths, size: int, cache_dir=None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Decode `paths` once to (N, size, size, 1) uint8 (`fracture.imageio.read_gray`, then
+    `resize`); later calls read the cached array.
 
     Returns (images, ok, skipped): `ok` marks the images that decoded, `skipped` lists the others
     with the reason. Rows stay aligned with `paths` (a failed file is a zero image with ok=False).
@@ -290,7 +243,7 @@ def load_images(paths, size: int, cache_dir=None) -> tuple[np.ndarray, np.ndarra
     paths = [str(p) for p in paths]
     cache_file = None
     if cache_dir:
-        cache_file = Path(cache_dir) / f"{cache_key(paths, size)}.npz"
+        cache_file = Path(cache_dir) / f"{cache_key(paths, size, max_pixels)}.npz"
         if cache_file.is_file():
             with np.load(cache_file, allow_pickle=False) as stored:
                 images, ok = stored["images"], stored["ok"]
@@ -301,8 +254,8 @@ def load_images(paths, size: int, cache_dir=None) -> tuple[np.ndarray, np.ndarra
     progress = _progress(len(paths))
     for i, path in enumerate(paths):
         try:
-            images[i, :, :, 0] = resize(read_gray(path), size)
-        except (ImageError, OSError) as exc:
+            images[i, :, :, 0] = resize(read_gray(path, max_pixels), size)
+        except ImageError as exc:
             ok[i] = False
             reasons[path] = str(exc)
             log.warning("skipping unreadable image %s: %s", path, exc)
@@ -349,7 +302,7 @@ def split_arrays(frame: pd.DataFrame, cfg) -> dict:
         part = frame[frame["split"] == split].reset_index(drop=True)
         if part.empty:
             continue
-        images, ok, bad = load_images(part["path"], cfg.image_size, cfg.cache_dir)
+        images, ok, bad = load_images(part["path"], cfg.image_size, cfg.cache_dir, cfg.max_pixels)
         skipped.append(bad.assign(split=split))
         part = part[ok].reset_index(drop=True)
         out[split] = (part, images[ok], part["label"].to_numpy(np.float32))

@@ -88,19 +88,33 @@ def predict_images(model, images, batch_size: int = 16) -> np.ndarray:
     return model.predict(padded.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)[:n]
 
 
-def predict_paths(model_or_run, paths, batch_size: int = 16) -> pd.DataFrame:
-    """Probability and label for image files (or folders of them); unreadable files are reported."""
+def predict_paths(model_or_run, paths, batch_size: int = 16, max_pixels: int | None = None) -> pd.DataFrame:
+    """Probability and label for image files (or folders of them), one row per file in input order.
+
+    Unreadable files keep their row: probability NaN, label "unreadable" and the decoder's reason
+    in `reason` (empty for the others). `max_pixels` defaults to the run's config.
+    """
     from fracture.data import expand_image_paths, load_images
 
     model, threshold = _model_and_threshold(model_or_run)
+    if max_pixels is None:
+        max_pixels = _max_pixels(model_or_run)
     files = expand_image_paths(paths)
     size = model.input_shape[1]
-    images, ok, skipped = load_images(files, size)
+    images, ok, skipped = load_images(files, size, max_pixels=max_pixels)
     probabilities = np.full(len(files), np.nan)
     probabilities[ok] = predict_images(model, images[ok], batch_size)
     out = pd.DataFrame({"path": [str(f) for f in files], "probability": probabilities})
     out["label"] = np.where(ok, np.where(probabilities > threshold, "abnormal", "normal"), "unreadable")
+    out["reason"] = out["path"].map(dict(zip(skipped["path"], skipped["reason"]))).fillna("")
     return out
+
+
+def _max_pixels(model_or_run) -> int:
+    from fracture.imageio import DEFAULT_MAX_PIXELS
+
+    config = getattr(model_or_run, "config", None)
+    return int(getattr(config, "max_pixels", DEFAULT_MAX_PIXELS))
 
 
 def _model_and_threshold(model_or_run):

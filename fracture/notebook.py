@@ -78,7 +78,7 @@ def show_samples(frame, cfg, n: int = 8, seed: int = 0):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from fracture.data import read_gray
+    from fracture.imageio import read_gray
 
     train = frame[frame["split"] == "train"]
     picks = pd.concat([train[train["label"] == label].sample(min(n // 2, int((train["label"] == label).sum())),

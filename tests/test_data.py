@@ -8,6 +8,7 @@ import pytest
 
 from fracture import data
 from fracture.errors import ConfigError, DataError
+from fracture.imageio import decode_gray
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def test_any_depth_and_channels_become_gray_uint8(tmp_path, make):
     cv2.imwrite(str(path), image)
     gray = data.read_gray(path)
     assert gray.dtype == np.uint8 and gray.shape == (20, 10)
-    assert gray[0, 0] == 0 and gray[5, 5] == (255 if image.dtype == np.uint16 else 7)
+    assert gray[0, 0] == 0 and gray[5, 5] == 255  # every bit depth: darkest -> 0, brightest -> 255
 
 
 def _dicom(path, pixels):
@@ -162,7 +163,7 @@ def test_dicom_is_read(tmp_path):
     path = _dicom(tmp_path / "x.dcm", pixels)
     gray = data.read_gray(path)
     assert gray.shape == (12, 8) and gray[0, 0] == 0 and gray[-1, -1] == 255
-    assert (data.decode_bytes(path.read_bytes()) == gray).all()
+    assert (decode_gray(path.read_bytes()) == gray).all()  # bytes (the web app) = path (training)
 
 
 def test_cache_decodes_once_and_reports_unreadable(tmp_path, synth_root, monkeypatch):
@@ -172,12 +173,12 @@ def test_cache_decodes_once_and_reports_unreadable(tmp_path, synth_root, monkeyp
     files = [*paths[:2], broken, *paths[2:]]
     calls = []
     real = data.read_gray
-    monkeypatch.setattr(data, "read_gray", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(data, "read_gray", lambda p, *limit: calls.append(p) or real(p, *limit))
 
     images, ok, skipped = data.load_images(files, 32, tmp_path / "cache")
     assert images.shape == (6, 32, 32, 1) and images.dtype == np.uint8
     assert ok.tolist() == [True, True, False, True, True, True]
-    assert skipped["path"].tolist() == [str(broken)] and "cannot decode" in skipped["reason"][0]
+    assert skipped["path"].tolist() == [str(broken)] and "not a readable image" in skipped["reason"][0]
     assert len(calls) == 6
 
     again, ok2, skipped2 = data.load_images(files, 32, tmp_path / "cache")
@@ -185,6 +186,15 @@ def test_cache_decodes_once_and_reports_unreadable(tmp_path, synth_root, monkeyp
     assert (again == images).all() and (ok2 == ok).all() and skipped2.equals(skipped)
     data.load_images(files, 40, tmp_path / "cache")  # another size is another cache entry
     assert len(calls) == 12
+    data.load_images(files, 40, tmp_path / "cache", max_pixels=10_000)  # so is another pixel limit
+    assert len(calls) == 18
+
+
+def test_cache_key_changes_with_the_decoder_version(tmp_path, monkeypatch):
+    files = [str(tmp_path / "a.png")]
+    before = data.cache_key(files, 32)
+    monkeypatch.setattr(data, "DECODER_VERSION", data.DECODER_VERSION + 1)
+    assert data.cache_key(files, 32) != before  # arrays from an older decoder are not reused
 
 
 def test_training_batches_are_full_cover_every_image_and_reshuffle(synth_root):
