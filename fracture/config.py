@@ -51,7 +51,7 @@ class Config:
     max_pixels: int = 40_000_000  # images whose header claims more pixels are skipped unread (bombs)
     # --- model ------------------------------------------------------------------------------
     backbone: str = "DenseNet121"  # DenseNet121/169/201, ResNet50/101/152(V2), EfficientNetB0-7, VGG16/19, Xception, InceptionV3
-    weights: str = "imagenet"  # "imagenet" (Keras cache ~/.keras/models), "none", or a weights file path
+    weights: str = "imagenet"  # "imagenet" (downloaded once into ~/.keras/models), "none", or an .h5 weights file path
     allow_random_weights: bool = False  # if ImageNet weights are missing offline: warn and start from scratch
     image_size: int = 224  # square model input, pixels
     pooling: str = "avg"  # global pooling after the backbone: "avg" or "max" (max finds small lesions faster)
@@ -89,6 +89,18 @@ class Config:
 
     def to_yaml(self, path) -> None:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def markdown_table() -> str:
+    """README's key table, from the dataclass itself: each field's default and its line comment."""
+    import inspect
+
+    comments = dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.*)$", inspect.getsource(Config), re.MULTILINE))
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name, value in Config().to_dict().items():
+        shown = f'"{value}"' if isinstance(value, str) else repr(value)
+        rows.append(f"| `{name}` | `{shown}` | {comments.get(name, '').replace('|', '&#124;')} |")
+    return "\n".join(rows) + "\n"
 
 
 def field_names() -> list[str]:
