@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fracture.config import STUDY_TYPES, parse_study_types
+from fracture.config import STUDY_TYPES, parse_study_types  # noqa: F401  (STUDY_TYPES: re-exported)
 from fracture.errors import DataError, ImageError
 from fracture.imageio import DECODER_VERSION, DEFAULT_MAX_PIXELS, is_dicom_file, read_gray
 

@@ -9,9 +9,7 @@ import base64
 import builtins
 import io
 import os
-import struct
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ cv2 = pytest.importorskip("cv2")
 flask = pytest.importorskip("flask")
 
 from fracture import app as app_module  # noqa: E402
+from tests.images import dicom_bytes, png_claiming  # noqa: E402
 from fracture.app import create_app  # noqa: E402
 
 PREDICT_KEYS = {"probability", "label", "threshold", "run", "elapsed_ms", "image"}
@@ -58,41 +57,6 @@ def xray(synth_root) -> np.ndarray:
 
 def encode(gray, ext=".png") -> bytes:
     return cv2.imencode(ext, gray)[1].tobytes()
-
-
-def dicom_bytes(pixels: np.ndarray, rows=None, columns=None, frames=None) -> bytes:
-    """A minimal 16-bit MONOCHROME2 DICOM file; rows/columns may lie (for the bomb test)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = rows or pixels.shape[0], columns or pixels.shape[1]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    if frames:
-        ds.NumberOfFrames = frames
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A valid-looking PNG whose header claims width x height pixels but carries almost no data."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
-            + chunk(b"IEND", b""))
 
 
 def post(client, data: bytes, query: str = "", filename="xray.png", field="file"):

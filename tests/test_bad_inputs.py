@@ -11,8 +11,6 @@ conversion, EXIF orientation).
 import base64
 import io
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from fracture import data  # noqa: E402
 from fracture.cli import main  # noqa: E402
 from fracture.errors import ImageError  # noqa: E402
 from fracture.imageio import DEFAULT_MAX_PIXELS, decode_gray  # noqa: E402
+from tests.images import dicom_bytes, png_claiming  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,42 +42,6 @@ def pillow_gray(path, transpose=False) -> np.ndarray:
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image) if transpose else image
         return by_hand(np.asarray(image.convert("RGB").convert("L")))
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A well-formed 200-byte PNG whose header claims width x height pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
-            + chunk(b"IEND", b""))
-
-
-def dicom_bytes(pixels, photometric="MONOCHROME2", rows=None, frames=None, **elements) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = rows or pixels.shape[0], rows or pixels.shape[1]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if frames:
-        ds.NumberOfFrames = frames
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 # A small X-ray-like picture: a gradient with a bright "bone" block, values 20..200 (not 0..255,

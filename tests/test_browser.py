@@ -141,7 +141,7 @@ def test_dicom_gets_the_server_rendering_as_preview(browser, server, xray_file, 
     import cv2
     import numpy as np
 
-    from tests.test_app import dicom_bytes
+    from tests.images import dicom_bytes
 
     dicom = tmp_path / "xray.dcm"
     dicom.write_bytes(dicom_bytes(cv2.imread(str(xray_file), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 16))

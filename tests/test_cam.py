@@ -302,7 +302,7 @@ def run_copy(trained_run, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("cam_run") / "tiny"
     folder.mkdir()
-    for name in ("model.keras", "config.yaml"):
+    for name in ("model.keras", "config.yaml", "complete.json"):
         shutil.copy(trained_run / name, folder / name)
     return load_run(folder)
 

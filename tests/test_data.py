@@ -9,6 +9,7 @@ import pytest
 from fracture import data
 from fracture.errors import ConfigError, DataError
 from fracture.imageio import decode_gray
+from tests.images import dicom_bytes
 
 
 @pytest.fixture
@@ -133,34 +134,20 @@ def test_any_depth_and_channels_become_gray_uint8(tmp_path, make):
     assert gray[0, 0] == 0 and gray[5, 5] == 255  # every bit depth: darkest -> 0, brightest -> 255
 
 
-def _dicom(path, pixels):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = *pixels.shape[-2:], 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+def _write(path, content: bytes):
+    path.write_bytes(content)
     return path
 
 
 def test_multi_frame_dicom_uses_the_first_frame(tmp_path):
     frames = np.stack([np.arange(12 * 8).reshape(12, 8) * 40, np.zeros((12, 8))])
-    gray = data.read_gray(_dicom(tmp_path / "multi.dcm", frames))
+    gray = data.read_gray(_write(tmp_path / "multi.dcm", dicom_bytes(frames)))
     assert gray.shape == (12, 8) and gray[0, 0] == 0 and gray[-1, -1] == 255
 
 
 def test_dicom_is_read(tmp_path):
     pixels = np.arange(12 * 8, dtype=np.uint16).reshape(12, 8) * 40
-    path = _dicom(tmp_path / "x.dcm", pixels)
+    path = _write(tmp_path / "x.dcm", dicom_bytes(pixels))
     gray = data.read_gray(path)
     assert gray.shape == (12, 8) and gray[0, 0] == 0 and gray[-1, -1] == 255
     assert (decode_gray(path.read_bytes()) == gray).all()  # bytes (the web app) = path (training)

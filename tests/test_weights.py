@@ -191,6 +191,7 @@ def test_train_cli_offline_prints_one_error_line(train_data, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("error: cannot download the ImageNet weights for VGG16") and url in err
     assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()  # the model is built before the run folder is created
 
 
 # --------------------------------------------------------------------------------------------
