@@ -230,7 +230,8 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
 
     run: a run folder (or its model.keras), a loaded `Run`, or None for $FRACTURE_RUN, else the
     newest run in `runs_dir` ($FRACTURE_RUNS_DIR, default saved_models/). max_upload_mb
-    ($FRACTURE_MAX_UPLOAD_MB, default 20) and max_pixels ($FRACTURE_MAX_PIXELS, default 40 M) are
+    ($FRACTURE_MAX_UPLOAD_MB, default 20) and max_pixels ($FRACTURE_MAX_PIXELS, default the run's
+    `max_pixels`, as in training and `predict`, so all three refuse the same files) are
     stored in app.config (MAX_CONTENT_LENGTH, MAX_PIXELS) and read on every request.
     """
     from fracture.model import Run, load_run
@@ -252,7 +253,7 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
     if max_upload_mb is None:
         max_upload_mb = _env_float("FRACTURE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)
     if max_pixels is None:
-        max_pixels = int(_env_float("FRACTURE_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+        max_pixels = int(_env_float("FRACTURE_MAX_PIXELS", run.config.max_pixels))
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
     app.config["MAX_PIXELS"] = int(max_pixels)
     app.extensions["fracture"] = predictor
