@@ -25,7 +25,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 venv: $(STAMP) ## create .venv with TensorFlow-CPU, JAX, PyTorch-CPU and the test tools
 
-browser: ## install Debian's Chromium for the web-app browser test (needs root/apt; skipped tests say so otherwise)
+browser: ## install Debian's Chromium for the web-app browser test (system package: needs root/apt; .ci/run calls this)
 	@if command -v chromium >/dev/null; then echo "chromium present: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
@@ -42,7 +42,7 @@ demo: $(STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> CAM pa
 	$(PY) -m fracture evaluate --split test
 	$(PY) -m fracture cam --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
 
-test: $(STAMP) browser ## unit tests, then the notebooks with pytest --nbval
+test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browser test skips, saying why, without `make browser`)
 	$(PY) -m pytest tests -q
 	KERAS_BACKEND=jax $(PY) -m pytest tests -q -m backend
 	KERAS_BACKEND=torch $(PY) -m pytest tests -q -m backend
@@ -62,7 +62,13 @@ benchmarks: $(STAMP) data ## throughput and CAM-cost benchmarks (results in docs
 mlflow-ui: $(STAMP) ## browse the experiment store at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui
 
-clean: ## remove generated data, runs, maps and caches (not .venv)
-	rm -rf data/synthetic data/processed saved_models/*/ layer_outputs/*/ mlruns mlflow.db .pytest_cache
+clean: ## remove what can be regenerated: synthetic data, decode cache, CAM maps, test caches (keeps runs, MLflow, .venv)
+	rm -rf data/synthetic data/processed layer_outputs/*/ .pytest_cache
 
-.PHONY: help venv browser data demo test notebooks benchmarks mlflow-ui clean
+clean-runs: ## remove every trained run and the MLflow store (asks first; FORCE=1 skips the question)
+	@if [ "$(FORCE)" != 1 ]; then \
+		read -r -p "delete saved_models/*/, mlflow.db and mlruns/ for good? [y/N] " answer; \
+		[ "$$answer" = y ] || [ "$$answer" = Y ] || { echo "kept them"; exit 1; }; fi
+	rm -rf saved_models/*/ mlruns mlflow.db
+
+.PHONY: help venv browser data demo test notebooks benchmarks mlflow-ui clean clean-runs

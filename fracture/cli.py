@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from fracture import config as config_lib
@@ -71,15 +72,42 @@ def _pandas_wide():
     return pd.option_context("display.max_colwidth", None, "display.width", 200)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (when it has a real one); epilogs keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if shown and "%(default)" not in text and "(default:" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def config_keys_epilog() -> str:
+    comments = config_lib.key_comments()
+    rows = [f"  {name}={value!r}  # {comments.get(name, '')}" for name, value in config_lib.Config().to_dict().items()]
+    return "config keys (key=value here, or key: value in a --config YAML file), with their defaults:\n" + "\n".join(rows)
+
+
 def add_config_arguments(parser):
     parser.add_argument("--config", help="YAML file of config keys (see README)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=2")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fracture", description="Humerus fracture detection on MURA X-rays (Keras 3).")
+    from fracture import __version__
+
+    parser = argparse.ArgumentParser(prog="fracture", description="Humerus fracture detection on MURA X-rays (Keras 3).",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("--version", action="version", version=f"fracture {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
+    add_verb = verbs.add_parser
+
+    def add_parser(name, **kwargs):  # every verb shows its defaults in --help
+        return add_verb(name, formatter_class=HelpFormatter, **kwargs)
+
+    verbs.add_parser = add_parser
 
     p = verbs.add_parser("synth", help="generate a synthetic MURA-format dataset")
     p.add_argument("--out", default="data/synthetic", help="folder to write MURA-v1.1/ into")
@@ -89,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=512, help="long side of the largest images, px")
     p.set_defaults(func=cmd_synth)
 
-    p = verbs.add_parser("train", help="train a model; writes saved_models/<run>/")
+    p = verbs.add_parser("train", help="train a model; writes saved_models/<run>/", epilog=config_keys_epilog())
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -109,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="*", default=[], help="image files or folders (default: a few test images)")
     p.add_argument("--layers", default="relu", help="comma list of layer names")
     p.add_argument("--methods", default="gradcam", help="comma list: gradcam,gradcampp,layercam,hirescam,scorecam")
-    p.add_argument("--target", default="fracture", choices=["fracture", "normal"])
+    p.add_argument("--target", default="fracture", choices=["fracture", "normal"], help="class the maps explain")
     p.add_argument("--out", default="layer_outputs", help="folder for layer_outputs/<run>/<image>/...")
     p.add_argument("--evaluate", action="store_true", help="pointing game, energy-in-box, deletion/insertion")
     p.add_argument("--split", default="test", choices=["val", "test"],
@@ -144,6 +172,9 @@ def _delegate(module: str, function: str):
 
 
 def main(argv=None) -> int:
+    # The program entry owns the process environment (library code never edits it): quiet
+    # TensorFlow's C++ start-up logging before anything imports TensorFlow. A user's value wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 import yaml
 
 from fracture.errors import ConfigError
+
+log = logging.getLogger(__name__)
 from fracture.fileio import atomic_write_text
 
 # Names a config may use, kept here (not looked up in Keras) so a typo fails at load time, in
@@ -39,8 +42,11 @@ STUDY_TYPES = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one folder name: no separators, no '..'
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    """Every default of the project, one per line. Frozen: a changed setting is a new Config
+    (`config.update(cfg, {...})` or `dataclasses.replace`), so no function alters its caller's."""
+
     # --- data -------------------------------------------------------------------------------
     data_dir: str = "data/MURA-v1.1"  # MURA v1.1 folder (or its parent), or a class-folder root
     data_format: str = "mura"  # "mura" (MURA tree + CSVs) or "folders" (<root>/{train,val,test}/<class>/)
@@ -91,11 +97,16 @@ class Config:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def markdown_table() -> str:
-    """README's key table, from the dataclass itself: each field's default and its line comment."""
+def key_comments() -> dict[str, str]:
+    """Each field's line comment in the Config source: the one description of every key."""
     import inspect
 
-    comments = dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.*)$", inspect.getsource(Config), re.MULTILINE))
+    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.*)$", inspect.getsource(Config), re.MULTILINE))
+
+
+def markdown_table() -> str:
+    """README's key table, from the dataclass itself: each field's default and its line comment."""
+    comments = key_comments()
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for name, value in Config().to_dict().items():
         shown = f'"{value}"' if isinstance(value, str) else repr(value)
@@ -260,16 +271,30 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def load(path=None, overrides: dict | list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at `path`, then `overrides` (a dict or key=value strings)."""
+def load(path=None, overrides: dict | list[str] | None = None, stored: bool = False) -> Config:
+    """Defaults, then the YAML file at `path`, then `overrides` (a dict or key=value strings).
+
+    stored=True reads a run folder's own config.yaml, written by an older or newer version: a key
+    this version does not know is a warning that names it (and is ignored), so old runs keep loading.
+    A key the user writes (a --config file, an override) that is unknown stays an error.
+    """
     cfg = Config()
     if path:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of key: value")
+        if stored:
+            unknown = sorted(set(data) - set(field_names()))
+            if unknown:
+                log.warning("%s has keys this version of fracture does not know, ignored: %s", path,
+                            ", ".join(unknown))
+            data = {k: v for k, v in data.items() if k not in unknown}
         cfg = update(cfg, data)
     if overrides:
         if isinstance(overrides, list):

@@ -64,8 +64,9 @@ SUMMARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "auc", "kappa")
 
 
 def summary_table(scores: dict) -> pd.DataFrame:
-    """{'image': {...}, 'study': {...}} -> a small table, one row per level."""
-    return pd.DataFrame({level: {k: m[k] for k in SUMMARY_KEYS} for level, m in scores.items()}).T
+    """{'image': {...}, 'study': {...}} -> a small table, one row per level (n as an integer)."""
+    table = pd.DataFrame({level: {k: m[k] for k in SUMMARY_KEYS} for level, m in scores.items()}).T
+    return table.astype({"n": int})
 
 
 def format_table(scores: dict) -> str:
@@ -139,7 +140,7 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
     frame, images, _ = arrays[split]
     frame = frame.assign(probability=predict_images(run.model, images, cfg.batch_size))
     scores = score_frame(frame, cfg.threshold)
-    log.info("%s split of %s:\n%s", split, run.name, format_table(scores))
+    log.debug("%s split of %s:\n%s", split, run.name, format_table(scores))  # callers show it
     if write:
         stored = dict(run.metrics)
         stored[split] = scores

@@ -150,7 +150,7 @@ def check_same_config(run_dir, cfg) -> None:
         log.warning("resuming %s without its config.yaml: cannot check the config is the same", run_dir)
         return
     try:
-        stored = config_lib.load(stored_file).to_dict()
+        stored = config_lib.load(stored_file, stored=True).to_dict()
     except FractureError as exc:
         raise ConfigError(f"cannot read the config of the run to resume ({exc}); pick a new run_name") from exc
     now = cfg.to_dict()

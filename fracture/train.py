@@ -21,6 +21,7 @@ written atomically (fracture/fileio.py) or, for history.csv, cut back to the com
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from datetime import datetime
@@ -115,7 +116,7 @@ def train(cfg) -> Path:
 
     keras.utils.set_random_seed(cfg.seed)
     run_dir = new_run_dir(cfg)
-    cfg.run_name = run_dir.name
+    cfg = dataclasses.replace(cfg, run_name=run_dir.name)  # the caller's cfg stays as it was
     if resume.is_complete(run_dir):
         if (run_dir / resume.MARKER).is_file():
             resume.remove_backup(run_dir)  # left by a kill between the marker and this removal

@@ -46,10 +46,24 @@ def test_predict_missing_file_is_a_clear_error(trained_run, capsys):
 
 def test_evaluate_prints_image_and_study_rows(trained_run, capsys):
     assert main(["evaluate", "--run", str(trained_run)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "test split, run tiny" in out
-    assert {"image", "study"} <= {line.split()[0] for line in out.splitlines()[2:]}
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert {"image", "study"} <= set(rows)
     assert "kappa" in out and "auc" in out
+    assert out.count("kappa") == 1 and "kappa" not in captured.err  # one table, not one more in the log
+    assert rows["image"][1].isdigit() and rows["study"][1].isdigit()  # counts print as integers
+
+
+def test_help_shows_defaults_keys_and_version():
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("fracture ")
+    train_help = run_cli("train", "--help").stdout
+    for name in ("epochs=40", "backbone='DenseNet121'", "max_pixels=40000000", "learning_rate=0.0001"):
+        assert name in train_help, name
+    assert "(default: relu)" in run_cli("cam", "--help").stdout
+    assert "keras" not in run_cli("--version").stderr.lower()
 
 
 def test_missing_run_is_a_clear_error(tmp_path, capsys):

@@ -59,3 +59,26 @@ def test_readme_config_table_is_the_dataclass():
     rows = [line for line in readme.splitlines() if line.startswith("| `")]
     keys = [row.split("`")[1] for row in rows if row.split("`")[1] in config.field_names()]
     assert keys == [f.name for f in dataclasses.fields(config.Config)]
+
+
+def test_config_is_frozen_and_update_returns_a_new_one():
+    import dataclasses
+
+    cfg = config.load()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.run_name = "changed"
+    assert config.update(cfg, {"epochs": 3}).epochs == 3 and cfg.epochs == 40
+
+
+def test_an_old_runs_unknown_key_is_a_warning_a_users_is_an_error(tmp_path, caplog):
+    stored = tmp_path / "config.yaml"
+    stored.write_text("epochs: 3\nmixup: 0.2\nbackbone: VGG16\n")  # a key from another version
+    with caplog.at_level("WARNING", logger="fracture.config"):
+        cfg = config.load(stored, stored=True)
+    assert (cfg.epochs, cfg.backbone) == (3, "VGG16")
+    assert "mixup" in caplog.text and str(stored) in caplog.text
+    with pytest.raises(ConfigError, match="unknown config key 'mixup'"):
+        config.load(stored)
+    stored.write_text("epochs: [3\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(stored)
