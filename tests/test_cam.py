@@ -171,25 +171,29 @@ def reference_gradcam(model, x, layer, sign):
 
 
 @pytest.mark.backend
-@pytest.mark.parametrize("target, sign", [("fracture", 1.0), ("normal", -1.0)])
 @pytest.mark.parametrize("layer", LAYERS)
 @pytest.mark.parametrize("backend", [BACKEND])
-def test_gradcam_equals_an_independent_reference(planted, backend, layer, target, sign):
+def test_gradcam_equals_an_independent_reference(planted, backend, layer):
     """The compiled, chunked path (cam_maps, maps_and_logits) against `reference_gradcam`, on a
     layer at full resolution, one feeding a skip path and the last, for both targets."""
     import cv2
 
     model, x, _, _ = planted
-    raw, logits = reference_gradcam(model, x, layer, sign)
-    unscaled = cam.cam_maps(model, x, [layer], "gradcam", target, normalize=False)[layer]
-    maps, got_logits = cam.maps_and_logits(model, x, layer, "gradcam", target)
-    np.testing.assert_allclose(got_logits, logits, rtol=1e-4, atol=1e-4)
-    up = np.stack([cv2.resize(m.astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for m in raw])
-    np.testing.assert_allclose(unscaled, up, rtol=1e-4, atol=1e-4 * up.max())
-    for got, want in zip(maps, up):
-        if want.max() - want.min() > 1e-3 * up.max():  # a flat map scales to zeros: tested elsewhere
-            np.testing.assert_allclose(got, (want - want.min()) / (want.max() - want.min()), atol=1e-4)
-    assert up.max() > 0  # some image has a positive map: the comparison is not of zeros
+    peaks = {}
+    for target, sign in (("fracture", 1.0), ("normal", -1.0)):
+        raw, logits = reference_gradcam(model, x, layer, sign)
+        unscaled = cam.cam_maps(model, x, [layer], "gradcam", target, normalize=False)[layer]
+        maps, got_logits = cam.maps_and_logits(model, x, layer, "gradcam", target)
+        np.testing.assert_allclose(got_logits, logits, rtol=1e-4, atol=1e-4)
+        up = np.stack([cv2.resize(m.astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for m in raw])
+        np.testing.assert_allclose(unscaled, up, rtol=1e-4, atol=1e-4 * max(up.max(), 1e-12), err_msg=target)
+        for got, want in zip(maps, up):
+            if want.max() - want.min() > 1e-3 * up.max():  # a flat map scales to zeros: tested elsewhere
+                np.testing.assert_allclose(got, (want - want.min()) / (want.max() - want.min()), atol=1e-4)
+        peaks[target] = up.max()
+    # The "normal" maps may all be zero (on JAX the early layer's are): Grad-CAM is linear before
+    # its ReLU, so with non-zero "fracture" maps a sign left unflipped would still show there.
+    assert peaks["fracture"] > 0, "the comparison was of zeros only"
 
 
 @pytest.mark.backend

@@ -6,7 +6,9 @@ Shaped like pytorch-grad-cam, one job per module:
     backend.py   A and G per backend behind `CamEngine(model)`, which owns the compiled functions
     maps.py      map pipeline: method, ReLU, upsampling, [0, 1] scaling; Score-CAM
     checks.py    checks a user can fail (layer, method, target, image batch)
-    render.py    overlays, feature grids, panels, PNG files
+    draw.py      overlays, feature grids, panels, PNG files (not `render.py`: a module of that
+                 name would be shadowed here by the `render` function, and `import
+                 fracture.cam.render as m` would hand back the function)
     metrics.py   pointing game, energy in box, oracle, deletion/insertion, evaluate_localization
     cli.py       the `cam` verb
 
@@ -45,7 +47,7 @@ from fracture.cam.metrics import (
     pointing_game,
     scale_box,
 )
-from fracture.cam.render import default_images, feature_grid, image_stem, overlay, render
+from fracture.cam.draw import default_images, feature_grid, image_stem, overlay, render
 
 __all__ = [
     "CHUNK", "GRADIENT_CHUNK", "CamEngine", "LayerPlumbing", "engine_for", "predict_logits", "release_engine",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fracture.cam.checks import check_methods, spatial_layer
 from fracture.cam.metrics import evaluate_localization
-from fracture.cam.render import default_images, render
+from fracture.cam.draw import default_images, render
 
 
 def _expand(paths) -> list[Path]:
