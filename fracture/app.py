@@ -29,7 +29,7 @@ import numpy as np
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from fracture import imageio
+from fracture import imageio, scores
 from fracture.errors import FractureError, ImageError
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,7 @@ class Predictor:
 
         with self._lock:
             maps, logits = maps_and_logits(self.model, x, layer, CAM_METHOD)
-        probability = 0.5 * (1.0 + math.tanh(0.5 * float(logits[0])))  # sigmoid, no overflow
-        return probability, maps[0]
+        return scores.probability(float(logits[0])), maps[0]
 
     def warm_up(self) -> float:
         """One dummy prediction and one dummy CAM per offered layer (traces and caches them all)."""
@@ -179,7 +178,7 @@ class Predictor:
         return time.perf_counter() - started
 
     def label(self, probability: float) -> str:
-        return "abnormal" if probability > self.threshold else "normal"  # same rule as evaluate
+        return scores.label(probability, self.threshold)  # the rule evaluate and the CAM panels use
 
     def describe(self) -> dict:
         cfg, metrics = self.run.config, self.run.metrics

@@ -12,6 +12,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from fracture.fileio import atomic_path, atomic_write_text
+from fracture.scores import is_abnormal, label
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def binary_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
     """accuracy, sensitivity, specificity, ROC AUC, Cohen's kappa, confusion matrix, report."""
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=float)
-    predicted = (probabilities > threshold).astype(int)
+    predicted = is_abnormal(probabilities, threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     both_classes = len(np.unique(labels)) == 2
     return {
@@ -106,7 +107,7 @@ def predict_paths(model_or_run, paths, batch_size: int = 16, max_pixels: int | N
     probabilities = np.full(len(files), np.nan)
     probabilities[ok] = predict_images(model, images[ok], batch_size)
     out = pd.DataFrame({"path": [str(f) for f in files], "probability": probabilities})
-    out["label"] = np.where(ok, np.where(probabilities > threshold, "abnormal", "normal"), "unreadable")
+    out["label"] = np.where(ok, label(probabilities, threshold), "unreadable")
     out["reason"] = out["path"].map(dict(zip(skipped["path"], skipped["reason"]))).fillna("")
     return out
 

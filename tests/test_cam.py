@@ -14,6 +14,7 @@ import pytest
 
 from fracture import cam
 from fracture.errors import FractureError
+from fracture.scores import probability
 
 BACKEND = keras.backend.backend()  # in every backend test's id, so the output shows which ran
 SIZE, PATCH = 32, 5
@@ -132,14 +133,77 @@ def test_last_layer_maps_equal_the_closed_form(planted, backend):
                                np.maximum(-(a @ g), 0), rtol=1e-3, atol=1e-6)
 
 
+def reference_gradcam(model, x, layer, sign):
+    """Grad-CAM written out here, apart from fracture.cam: eager autodiff of sign * logit with
+    respect to the layer's activation (activation model + head, STYLE.md), channel weights = the
+    gradients' spatial mean. Returns (maps (B, h, w) after the ReLU, logits (B,))."""
+    activation = model.get_layer(layer).output
+    activation_model = keras.Model(model.input, activation)
+    head = keras.Model([model.input, activation], model.get_layer("logit").output)
+    x = keras.ops.convert_to_tensor(x)
+    a = activation_model(x, training=False)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:  # the score too: the tape records only what runs inside it
+            tape.watch(a)
+            logits = head([x, a], training=False)
+            score = sign * tf.reduce_sum(logits)
+        g = tape.gradient(score, a)
+    elif BACKEND == "jax":
+        import jax
+
+        def score(act):
+            out = head([x, act], training=False)
+            return sign * out.sum(), out
+
+        g, logits = jax.grad(score, has_aux=True)(a)
+    else:
+        import torch
+
+        a = a.detach().requires_grad_(True)
+        logits = head([x, a], training=False)
+        (g,) = torch.autograd.grad(sign * logits.sum(), a)
+        a, logits = a.detach(), logits.detach()
+    a, g, logits = (np.asarray(keras.ops.convert_to_numpy(t), np.float64) for t in (a, g, logits))
+    weights = g.mean(axis=(1, 2))  # (B, C)
+    return np.maximum(np.einsum("bhwc,bc->bhw", a, weights), 0), logits.reshape(-1)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("backend", [BACKEND])
+def test_gradcam_equals_an_independent_reference(planted, backend, layer):
+    """The compiled, chunked path (cam_maps, maps_and_logits) against `reference_gradcam`, on a
+    layer at full resolution, one feeding a skip path and the last, for both targets."""
+    import cv2
+
+    model, x, _, _ = planted
+    peaks = {}
+    for target, sign in (("fracture", 1.0), ("normal", -1.0)):
+        raw, logits = reference_gradcam(model, x, layer, sign)
+        unscaled = cam.cam_maps(model, x, [layer], "gradcam", target, normalize=False)[layer]
+        maps, got_logits = cam.maps_and_logits(model, x, layer, "gradcam", target)
+        np.testing.assert_allclose(got_logits, logits, rtol=1e-4, atol=1e-4)
+        up = np.stack([cv2.resize(m.astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for m in raw])
+        np.testing.assert_allclose(unscaled, up, rtol=1e-4, atol=1e-4 * max(up.max(), 1e-12), err_msg=target)
+        for got, want in zip(maps, up):
+            if want.max() - want.min() > 1e-3 * up.max():  # a flat map scales to zeros: tested elsewhere
+                np.testing.assert_allclose(got, (want - want.min()) / (want.max() - want.min()), atol=1e-4)
+        peaks[target] = up.max()
+    # The "normal" maps may all be zero (on JAX the early layer's are): Grad-CAM is linear before
+    # its ReLU, so with non-zero "fracture" maps a sign left unflipped would still show there.
+    assert peaks["fracture"] > 0, "the comparison was of zeros only"
+
+
 @pytest.mark.backend
 @pytest.mark.parametrize("backend", [BACKEND])
 def test_inner_layer_gradient_matches_finite_differences(planted, backend):
     """The activation-as-input head reproduces the model's logit and its autodiff gradient agrees
     with a central difference, for a layer whose input also feeds a skip path."""
     model, x, _, _ = planted
-    plumbing = cam._plumbing(model, "inner")
-    a, g, logit = plumbing.step(x[:2], 1.0)
+    plumbing = cam.engine_for(model).layer("inner")
+    a, g, logit = plumbing.gradients(x[:2], 1.0)
     np.testing.assert_allclose(logit.ravel(), cam.predict_logits(model, x[:2]), rtol=1e-4, atol=1e-4)
 
     def total(act):
@@ -177,18 +241,43 @@ def test_densenet_inner_transition_and_last_layers(backend):
     for m in maps.values():
         assert m.shape == (2, SIZE, SIZE) and np.isfinite(m).all() and 0 <= m.min() and m.max() <= 1
     assert (maps["relu"] == 0).all()
-    # Each layer's head recomputes the logit from (image, activation); all must agree with the
-    # plain path, including conv3_block2_1_relu whose dense-block concatenations skip around it.
-    steps = {name: cam._plumbing(model, name).step(x, 1.0) for name in layers}  # cached: no new compile
+    # Each layer's head recomputes the logit from (image, activation); all must give the model's
+    # own probability, including conv3_block2_1_relu whose dense-block concatenations skip around it.
+    engine = cam.engine_for(model)  # the engine cam_maps used above: no new compile
+    assert set(layers) <= set(engine.cached_layers)
+    expected = np.asarray(model.predict_on_batch(x)).reshape(-1)  # Keras's own inference, sigmoid included
     for name in layers:
-        np.testing.assert_allclose(steps[name][2], steps["relu"][2], rtol=1e-3, atol=1e-4, err_msg=name)
-        assert np.abs(steps[name][1]).max() > 0, f"no gradient reaches {name}"
+        _, gradients, logits = engine.layer(name).gradients(x, 1.0)
+        np.testing.assert_allclose(probability(logits.reshape(-1)), expected, rtol=1e-3, atol=1e-5, err_msg=name)
+        assert np.abs(gradients).max() > 0, f"no gradient reaches {name}"
     # The one-pass call the web app uses: the same maps, and the model's own logits.
     maps_once, logits = cam.maps_and_logits(model, x, "pool4_relu", "gradcam")
     np.testing.assert_allclose(maps_once, maps["pool4_relu"], atol=1e-5)
-    np.testing.assert_allclose(logits, cam.predict_logits(model, x), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(probability(logits), expected, rtol=1e-3, atol=1e-5)
     with pytest.raises(FractureError, match="scorecam takes no gradient step"):
         cam.maps_and_logits(model, x, "relu", "scorecam")
+
+
+def test_engine_owns_the_compiled_functions_for_the_models_lifetime():
+    """One engine per model, building a layer once; released explicitly or with the model."""
+    import gc
+    import weakref
+
+    model = tiny_model()  # untrained and of its own: releasing it costs the other tests nothing
+    x = np.zeros((1, SIZE, SIZE, 1), np.float32)
+    engine = cam.engine_for(model)
+    assert cam.engine_for(model) is engine and engine.cached_layers == []
+    cam.layer_maps(model, x, "last")
+    assert engine.cached_layers == ["last"] and engine.layer("last") is engine.layer("last")
+    cam.release_engine(model)
+    assert cam.engine_for(model) is not engine and cam.engine_for(model).cached_layers == []
+    cam.layer_maps(model, x, "last")
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None, "the engine registry keeps the model alive"
+    with pytest.raises(FractureError, match="no longer exists"):
+        engine.layer("last")
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,11 +442,11 @@ def test_split_chooses_the_images(run_copy, monkeypatch):
         paths = cam.default_images(run_copy, 4, split=split)
         assert len(paths) == 4 and {split_of[p] for p in paths} == {split}
         positives = int(((frame["split"] == split) & (frame["label"] == 1)).sum())
-        chosen, x, boxes = cam._positives_with_boxes(run_copy, limit=3, split=split)
+        chosen, x, boxes = cam.metrics._positives_with_boxes(run_copy, limit=3, split=split)
         assert len(chosen) == len(x) == len(boxes) == min(3, positives) > 0
         assert {split_of[p] for p in chosen} == {split} and all("_positive" in str(p) for p in chosen)
-    original, asked = cam._positives_with_boxes, []
-    monkeypatch.setattr(cam, "_positives_with_boxes",
+    original, asked = cam.metrics._positives_with_boxes, []
+    monkeypatch.setattr(cam.metrics, "_positives_with_boxes",
                         lambda run, limit, split: asked.append(split) or original(run, limit, split))
     table = cam.evaluate_localization(run_copy, ["gradcam"], ["relu"], limit=1, steps=2, split="val")
     assert asked == ["val"] and (table["n_images"] == 1).all()

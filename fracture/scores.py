@@ -1,0 +1,35 @@
+"""The one probability and the one label rule, shared by the app, the CAM panels and evaluation.
+
+Keras-free on purpose: the web app, `evaluate` and `fracture.cam` all import it, and the rule must
+not differ between them (a label computed one way in the app and another in the metrics is the
+kind of drift STYLE.md warns about).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ABNORMAL, NORMAL = "abnormal", "normal"
+
+
+def probability(logit):
+    """Sigmoid of a logit (scalar -> float, array -> float64 array), without overflow warnings.
+
+    exp is only ever taken of -|x| (at most 1), so large |x| underflows quietly to 0 or 1 instead
+    of overflowing as 1 / (1 + exp(-x)) does for x below about -709.
+    """
+    x = np.asarray(logit, np.float64)
+    e = np.exp(-np.abs(x))
+    p = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return float(p) if p.ndim == 0 else p
+
+
+def is_abnormal(probability, threshold):
+    """The decision rule: strictly above the threshold is abnormal (a tie stays normal)."""
+    return np.asarray(probability, np.float64) > threshold
+
+
+def label(probability, threshold):
+    """"abnormal" or "normal" (scalar -> str, array -> array of str) by `is_abnormal`."""
+    verdict = np.where(is_abnormal(probability, threshold), ABNORMAL, NORMAL)
+    return str(verdict) if verdict.ndim == 0 else verdict
