@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fracture.app import free_port, stop_server, wait_until_healthy
+from fracture.testing import free_port, stop_server, wait_until_healthy
 from fracture.errors import FractureError
 
 pytestmark = pytest.mark.browser
