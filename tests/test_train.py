@@ -10,6 +10,7 @@ import pytest
 import fracture as fr
 from fracture import config
 from fracture.errors import FractureError
+from fracture.model import build_model
 from fracture.train import class_weights
 from tests.conftest import BROKEN, tiny_config, train_keeping_the_model
 
@@ -59,6 +60,10 @@ def assert_reload_predicts_like_the_fitted_model(run_dir, fitted):
     np.testing.assert_allclose(again["probability"], reference, atol=1e-5)
     # train scored the test split with the reloaded model: that must also be the fitted model's answer.
     np.testing.assert_allclose(stored["probability"], reference, atol=1e-5)
+    # Resolving power: an untrained model of the same architecture answers measurably differently.
+    keras.utils.set_random_seed(1)
+    untrained = fr.predict_paths(build_model(run.config), paths)["probability"].to_numpy()
+    assert np.abs(untrained - reference).max() > 1e-3
     assert set(again["label"]) <= {"normal", "abnormal"}
 
 
