@@ -1,7 +1,8 @@
 """Test and benchmark support: start a server on a free local port, wait for it, stop it.
 
 Not used by the package itself. The test suite (tests/test_browser.py, tests/test_tracking.py,
-tests/test_weights.py) and benchmarks/serve_load.py import these, so there is one copy of each.
+tests/test_weights.py), benchmarks/serve_load.py and docs/make_screenshot_mlflow.py import these,
+so there is one copy of each.
 """
 
 from __future__ import annotations

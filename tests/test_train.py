@@ -124,6 +124,7 @@ def test_mura_class_weights_from_study_counts():
     assert class_weights(frame) == {1: 0.75, 0: 0.25}
 
 
+@pytest.mark.slow  # its own training run (~25 s)
 @pytest.mark.backend
 def test_train_save_load_on_this_backend(train_data, tmp_path, monkeypatch):
     """The batch pipeline, the in-model preprocessing and the .keras round trip on the backend in use."""
