@@ -43,7 +43,7 @@ def test_config_yaml_is_fully_resolved(trained_run):
     assert cfg.run_name == "tiny" and cfg.image_size == 32 and cfg.backbone == "DenseNet121"
 
 
-def assert_reload_predicts_like_the_fitted_model(run_dir, fitted):
+def assert_reload_predicts_like_the_fitted_model(run_dir, fitted, resolving_power_check=True):
     """What is independent here: `fitted` is the model object Keras trained, its weights still in
     memory; it never went through a .keras file. The side under test is everything from the best-epoch
     checkpoint to `fr.load_run` (save, copy to model.keras, deserialize, custom layers, weights).
@@ -60,11 +60,13 @@ def assert_reload_predicts_like_the_fitted_model(run_dir, fitted):
     np.testing.assert_allclose(again["probability"], reference, atol=1e-5)
     # train scored the test split with the reloaded model: that must also be the fitted model's answer.
     np.testing.assert_allclose(stored["probability"], reference, atol=1e-5)
+    assert set(again["label"]) <= {"normal", "abnormal"}
+    if not resolving_power_check:  # (once is enough: it costs a model build and a compile)
+        return
     # Resolving power: an untrained model of the same architecture answers measurably differently.
     keras.utils.set_random_seed(1)
     untrained = fr.predict_paths(build_model(run.config), paths)["probability"].to_numpy()
     assert np.abs(untrained - reference).max() > 1e-3
-    assert set(again["label"]) <= {"normal", "abnormal"}
 
 
 def test_reloaded_model_predicts_like_the_model_keras_trained(trained):
@@ -130,7 +132,7 @@ def test_train_save_load_on_this_backend(train_data, tmp_path, monkeypatch):
     """The batch pipeline, the in-model preprocessing and the .keras round trip on the backend in use."""
     cfg = tiny_config(tmp_path, train_data, run_name=f"tiny-{keras.backend.backend()}", trainable_layers=3)
     run_dir, fitted = train_keeping_the_model(cfg, monkeypatch)
-    assert_reload_predicts_like_the_fitted_model(run_dir, fitted)
+    assert_reload_predicts_like_the_fitted_model(run_dir, fitted, resolving_power_check=False)
     assert json.loads((run_dir / "metrics.json").read_text())["counts"]["train"] > 0
 
 
