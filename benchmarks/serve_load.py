@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fracture.app import free_port, stop_server, wait_until_healthy  # noqa: E402  (after the path insert)
+from fracture.testing import free_port, stop_server, wait_until_healthy  # noqa: E402  (after the path insert)
 from fracture.errors import FractureError  # noqa: E402
 
 

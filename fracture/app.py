@@ -348,48 +348,6 @@ def cli_serve(args) -> None:
     app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (tests and benchmarks start servers)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_healthy(process, url: str, timeout: float, log_path) -> float:
-    """Poll `url`/healthz until it answers 200; the seconds that took. A server process that exits
-    or stays silent past `timeout` raises FractureError with the tail of its log."""
-    import urllib.request
-    from pathlib import Path
-
-    started = time.monotonic()
-    while True:
-        if process.poll() is not None:
-            raise FractureError(f"the server exited with {process.returncode}:\n{Path(log_path).read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            pass
-        if time.monotonic() - started > timeout:
-            raise FractureError(f"the server did not answer /healthz within {timeout:.0f} s:\n"
-                                f"{Path(log_path).read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def stop_server(process, timeout: float = 30) -> None:
-    """Terminate a server process; kill it if it has not exited within `timeout` seconds."""
-    import subprocess
-
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 _app = None
 
 

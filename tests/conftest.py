@@ -47,9 +47,38 @@ def train_data(synth_root, tmp_path_factory):
     return root
 
 
+def train_keeping_the_model(cfg, monkeypatch):
+    """fr.train(cfg), plus the very model object Keras fitted (caught where train compiles it).
+
+    After training, that object holds the last epoch's weights in memory: they never went through
+    model.keras. With epochs=1 the last epoch is the best one, so it is an independent reference for
+    what load_run must give back (the predictions train writes come from the reloaded model)."""
+    import importlib
+
+    train_module = importlib.import_module("fracture.train")  # fr.train, the attribute, is the function
+    fitted = []
+    real_compile = train_module.compile_model
+
+    def compile_and_keep(model, cfg):
+        fitted.append(model)
+        return real_compile(model, cfg)
+
+    monkeypatch.setattr(train_module, "compile_model", compile_and_keep)
+    run_dir = fr.train(cfg)
+    assert len(fitted) == 1, "train compiled more than one model: which one was fitted?"
+    return run_dir, fitted[0]
+
+
 @pytest.fixture(scope="session")
-def trained_run(train_data, tmp_path_factory):
-    """One DenseNet121 trained for an epoch on 32 px images: the run folder path."""
+def trained(train_data, tmp_path_factory):
+    """One DenseNet121 trained for an epoch on 32 px images: (run folder, the in-memory fitted model)."""
     tmp = tmp_path_factory.mktemp("run")
     cfg = tiny_config(tmp, train_data, run_name="tiny")
-    return fr.train(cfg)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return train_keeping_the_model(cfg, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def trained_run(trained):
+    """The run folder of `trained`."""
+    return trained[0]

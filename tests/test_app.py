@@ -12,15 +12,16 @@ import os
 import threading
 from pathlib import Path
 
+import time
+
+import cv2
+import flask
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-flask = pytest.importorskip("flask")
-
-from fracture import app as app_module  # noqa: E402
-from tests.images import dicom_bytes, png_claiming  # noqa: E402
-from fracture.app import create_app  # noqa: E402
+from fracture import app as app_module
+from fracture.app import create_app
+from tests.images import dicom_bytes, png_claiming
 
 PREDICT_KEYS = {"probability", "label", "threshold", "run", "elapsed_ms", "image"}
 
@@ -200,6 +201,48 @@ def test_concurrent_requests_give_identical_answers(app, xray):
     assert len({a["cam_png"] for a in answers}) == 1
 
 
+def test_the_model_is_never_run_by_two_requests_at_once(app, xray, monkeypatch):
+    """Predictor._lock: the forward function and the CAM step are replaced by stand-ins that count
+    how many calls are inside them at once (a short sleep makes overlaps likely). Without the lock
+    this sees 2 or more; checked by replacing the lock with contextlib.nullcontext()."""
+    predictor = app.extensions["fracture"]
+    inside, most = [0], [0]
+    count = threading.Lock()  # guards the counters only
+
+    def enter_and_leave():
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)
+        with count:
+            inside[0] -= 1
+
+    def forward(x):
+        enter_and_leave()
+        return np.full((len(x), 1), 0.25, np.float32)
+
+    def maps_and_logits(model, x, layer, method):
+        enter_and_leave()
+        return np.zeros((len(x), *x.shape[1:3]), np.float32), np.zeros(len(x), np.float32)
+
+    monkeypatch.setattr(predictor, "_forward", forward)
+    monkeypatch.setattr("fracture.cam.maps_and_logits", maps_and_logits)
+    data, statuses = encode(xray), []
+
+    def worker(query):
+        client = app.test_client()
+        for _ in range(4):
+            statuses.append(post(client, data, query).status_code)
+
+    threads = [threading.Thread(target=worker, args=("?cam=1" if i % 2 else "",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert statuses == [200] * 32
+    assert most[0] == 1, f"{most[0]} requests ran the model at the same time"
+
+
 # --------------------------------------------------------------------------------------------
 # bad input: a JSON error with the right status and a reason
 # --------------------------------------------------------------------------------------------
@@ -361,3 +404,29 @@ def test_missing_run_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("FRACTURE_RUN", raising=False)
     with pytest.raises(FractureError, match="no trained run"):
         create_app(runs_dir=str(tmp_path))
+
+
+@pytest.mark.backend
+def test_the_app_answers_like_model_predict_on_this_backend(tmp_path):
+    """The app's forward path (tf.function on TensorFlow, predict_on_batch elsewhere) and its one-pass
+    CAM on the backend in use, against model.predict in the same process. An untrained 32 px VGG16:
+    the app's code does not depend on the backbone, and VGG16 compiles in seconds on JAX where
+    DenseNet121's CAM gradient took ~40 s (`make test` runs this on JAX and PyTorch too)."""
+    import keras
+
+    import fracture as fr
+    from fracture.model import Run, build_model
+
+    keras.utils.set_random_seed(0)
+    cfg = fr.load_config(overrides=dict(backbone="VGG16", weights="none", image_size=32, dense_units=[16, 8, 4]))
+    run = Run(path=tmp_path / "untrained", model=build_model(cfg), config=cfg, metrics={})
+    client = create_app(run, warm_up=False).test_client()
+    gray = np.random.default_rng(5).integers(0, 256, (48, 40), dtype=np.uint8)
+    gray[0, 0], gray[0, 1] = 0, 255  # full range: the decoder's stretch leaves the pixels as they are
+    expected = expected_probability(run, gray)
+    plain = post(client, encode(gray))
+    with_cam = post(client, encode(gray), "?cam=1")
+    assert plain.status_code == with_cam.status_code == 200, (plain.get_json(), with_cam.get_json())
+    assert plain.get_json()["probability"] == pytest.approx(expected, abs=1e-5)
+    assert with_cam.get_json()["probability"] == pytest.approx(expected, abs=1e-5)
+    assert png_size(with_cam.get_json()["cam_png"]) == (40, 48)

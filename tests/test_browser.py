@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from fracture.app import free_port, stop_server, wait_until_healthy
+from fracture.testing import free_port, stop_server, wait_until_healthy
 from fracture.errors import FractureError
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a server subprocess that loads and warms up a model
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]

@@ -66,3 +66,39 @@ def test_predict_images_pads_to_whole_batches_and_cuts_the_padding_off():
     got = predict_images(model, images, batch_size=4)
     assert seen == [8] and got.shape == (5,)
     np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(images.astype(np.float32))).ravel(), rtol=1e-5)
+
+
+def test_image_and_study_scores_of_a_small_table_by_hand():
+    """score_frame on a fixed predictions table against numbers worked out by hand (threshold 0.5).
+    Study b is abnormal by its max (0.7) but normal by its mean (0.4): the aggregation shows."""
+    rows = [  # study, label, probability; studies interleaved so the grouping has work to do
+        ("b", 1, 0.2), ("a", 1, 0.9), ("d", 0, 0.1), ("b", 1, 0.3), ("c", 0, 0.6),
+        ("a", 1, 0.5), ("e", 1, 0.8), ("d", 0, 0.3), ("b", 1, 0.7),
+    ]
+    frame = pd.DataFrame(rows, columns=["study", "label", "probability"])
+    scores = score_frame(frame, 0.5)
+
+    # Image level: positives 0.2 0.9 0.3 0.5 0.8 0.7 -> above 0.5: 0.9 0.8 0.7 (0.5 is not above) -> tp=3 fn=3;
+    # negatives 0.1 0.6 0.3 -> fp=1 (0.6) tn=2.
+    image = scores["image"]
+    assert image["n"] == 9 and image["confusion_matrix"] == [[2, 1], [3, 3]]
+    assert image["accuracy"] == pytest.approx(5 / 9)
+    assert image["sensitivity"] == pytest.approx(3 / 6) and image["specificity"] == pytest.approx(2 / 3)
+    # kappa: po = 5/9; 6/9 labelled and 4/9 predicted positive -> pe = 6/9*4/9 + 3/9*5/9 = 13/27
+    # -> (15/27 - 13/27) / (14/27) = 1/7
+    assert image["kappa"] == pytest.approx(1 / 7)
+    # AUC over the 6x3 pairs: 0.9 0.8 0.7 beat all 3 (9); 0.5 beats 0.1 0.3 (2); 0.2 beats 0.1 (1);
+    # 0.3 beats 0.1 and ties 0.3 (1.5) -> 13.5 / 18
+    assert image["auc"] == pytest.approx(13.5 / 18)
+
+    # Study level, the mean of each study's images: a (0.9+0.5)/2 = 0.7, b (0.2+0.3+0.7)/3 = 0.4,
+    # c 0.6, d (0.1+0.3)/2 = 0.2, e 0.8. Labels a b e abnormal, c d normal.
+    # predicted: a 1 (tp), b 0 (fn), c 1 (fp), d 0 (tn), e 1 (tp)
+    study = scores["study"]
+    assert study["n"] == 5 and study["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert study["accuracy"] == pytest.approx(3 / 5)
+    assert study["sensitivity"] == pytest.approx(2 / 3) and study["specificity"] == pytest.approx(1 / 2)
+    # kappa: po = 3/5; 3/5 labelled and 3/5 predicted positive -> pe = 9/25 + 4/25 = 13/25 -> 0.08/0.48
+    assert study["kappa"] == pytest.approx(1 / 6)
+    # AUC over the 3x2 pairs: 0.7 beats 0.6 0.2 (2); 0.8 (2); 0.4 beats 0.2 (1) -> 5/6
+    assert study["auc"] == pytest.approx(5 / 6)

@@ -223,6 +223,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow  # two training runs (~18 s)
 @pytest.mark.backend
 def test_interrupted_run_resumes_on_this_backend(wide_data, tmp_path, monkeypatch, caplog):
     """An exception at epoch 3 (Ctrl-C, OOM...), then the same call: resumes after epoch 2."""

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from mlflow import MlflowClient
 import fracture as fr
 from fracture import config, tracking
 from fracture.cli import main
+from fracture.errors import FractureError
+from fracture.testing import free_port, wait_until_healthy
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -41,12 +42,6 @@ def artifact_paths(client, run_id, path=None) -> set[str]:
     for item in client.list_artifacts(run_id, path):
         out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_run_matches_folder(client, run_dir: Path, epochs: int) -> str:
@@ -173,17 +168,10 @@ def test_logged_model_serves_with_mlflow_models_serve(local_run, tmp_path):
                               stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not come up:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        try:
+            wait_until_healthy(server, url, 180, tmp_path / "serve.log", health="/ping")
+        except FractureError as exc:
+            pytest.fail(f"mlflow models serve did not come up: {exc}")
         request = urllib.request.Request(f"{url}/invocations", json.dumps({"inputs": images.tolist()}).encode(),
                                          {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as answer:
@@ -276,17 +264,10 @@ def mlflow_server(tmp_path):
     server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        try:
+            wait_until_healthy(server, url, 180, tmp_path / "server.log", health="/health")
+        except FractureError as exc:
+            pytest.fail(f"mlflow server did not come up: {exc}")
         yield url
     finally:
         os.killpg(server.pid, 15)  # the server and its uvicorn worker

@@ -19,6 +19,7 @@ from fracture import config, model
 from fracture.cli import main
 from fracture.errors import WeightsError
 from fracture.model import BACKBONES, build_model, imagenet_weights_file
+from fracture.testing import free_port
 from tests.conftest import tiny_config
 
 TINY = dict(weights="none", image_size=32, dense_units=[16, 8, 4])
@@ -26,12 +27,6 @@ TINY = dict(weights="none", image_size=32, dense_units=[16, 8, 4])
 
 def cfg_of(**overrides):
     return config.load(overrides=dict(TINY, **overrides))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------
