@@ -13,17 +13,16 @@ import io
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
-cv2 = pytest.importorskip("cv2")
-Image = pytest.importorskip("PIL.Image")
-
-from fracture import data  # noqa: E402
-from fracture.cli import main  # noqa: E402
-from fracture.errors import ImageError  # noqa: E402
-from fracture.imageio import DEFAULT_MAX_PIXELS, decode_gray  # noqa: E402
-from tests.images import dicom_bytes, png_claiming  # noqa: E402
+from fracture import data
+from fracture.cli import main
+from fracture.errors import ImageError
+from fracture.imageio import DEFAULT_MAX_PIXELS, decode_gray
+from tests.images import dicom_bytes, png_claiming
 
 
 # --------------------------------------------------------------------------------------------
