@@ -42,10 +42,24 @@ def wait_until_healthy(process, url: str, timeout: float, log_path, health: str 
         time.sleep(0.5)
 
 
-def stop_server(process, timeout: float = 30) -> None:
-    """Terminate a server process; kill it if it has not exited within `timeout` seconds."""
-    process.terminate()
+def stop_server(process, timeout: float = 30, group: bool = False) -> None:
+    """Terminate a server process; kill it if it has not exited within `timeout` seconds.
+    group=True signals its whole process group (start it with start_new_session=True): the
+    `mlflow` CLI runs its uvicorn/gunicorn workers as children that a plain terminate misses."""
+    import contextlib
+    import os
+    import signal
+
+    def send(sig):
+        with contextlib.suppress(ProcessLookupError):  # gone already (e.g. it failed to start)
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+
+    send(signal.SIGTERM)
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        send(signal.SIGKILL)
+        process.wait()

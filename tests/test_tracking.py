@@ -2,7 +2,6 @@
 on a free 127.0.0.1 port, and an unreachable one. Three tiny trainings (VGG16, 32 px) in all;
 every assertion about the SQLite store reads back the one module-scoped run."""
 
-import contextlib
 import json
 import logging
 import math
@@ -24,7 +23,7 @@ import fracture as fr
 from fracture import config, tracking
 from fracture.cli import main
 from fracture.errors import FractureError
-from fracture.testing import free_port, wait_until_healthy
+from fracture.testing import free_port, stop_server, wait_until_healthy
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -177,13 +176,7 @@ def test_logged_model_serves_with_mlflow_models_serve(local_run, tmp_path):
         with urllib.request.urlopen(request, timeout=60) as answer:
             predictions = json.loads(answer.read())["predictions"]
     finally:
-        with contextlib.suppress(ProcessLookupError):  # gone already when it failed to start
-            os.killpg(server.pid, 15)  # the mlflow CLI and its uvicorn
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait()
+        stop_server(server, group=True)  # the mlflow CLI and its uvicorn worker
         server_log.close()
     assert np.shape(predictions) == (1, 1)
     np.testing.assert_allclose(np.ravel(predictions), expected, atol=1e-5)
@@ -270,12 +263,7 @@ def mlflow_server(tmp_path):
             pytest.fail(f"mlflow server did not come up: {exc}")
         yield url
     finally:
-        os.killpg(server.pid, 15)  # the server and its uvicorn worker
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait()
+        stop_server(server, group=True)  # the mlflow CLI and its uvicorn worker
         server_log.close()
 
 
