@@ -164,8 +164,10 @@ def _socket_timeout(seconds: float):
 
 def resolve_weights(cfg) -> str | None:
     """'imagenet' -> the cached weights file (downloaded on first use), 'none' -> None, else a checked path."""
+    from fracture.preflight import NO_WEIGHTS
+
     choice = cfg.weights.strip()
-    if choice.lower() in ("none", "", "random", "scratch"):
+    if choice.lower() in NO_WEIGHTS:
         return None
     if choice.lower() == "imagenet":
         try:
