@@ -2,6 +2,7 @@
 on a free 127.0.0.1 port, and an unreachable one. Three tiny trainings (VGG16, 32 px) in all;
 every assertion about the SQLite store reads back the one module-scoped run."""
 
+import contextlib
 import json
 import logging
 import math
@@ -155,29 +156,36 @@ def test_saved_models_load_with_plain_keras_and_mlflow_in_a_fresh_process(local_
     np.testing.assert_allclose(result["pyfunc"], expected, atol=1e-5)
 
 
-def test_logged_model_serves_with_mlflow_models_serve(local_run, tmp_path):
-    images, expected = stored_predictions(local_run.run_dir, 1)
+@contextlib.contextmanager
+def mlflow_process(args, port_flag, log_path, health, env, cwd=None):
+    """`mlflow <args> <port_flag> <free port>` on 127.0.0.1, started in its own process group; yields
+    its URL once `health` answers, and stops it with its workers afterwards."""
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
-    command += ["models", "serve", "-m", f"runs:/{local_run.run_id}/model", "--env-manager", "local",
-                "-h", "127.0.0.1", "-p", str(port)]
-    server_log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen(command, cwd=tmp_path, env=outside_env(local_run.uri), stdout=server_log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([*command, *args, port_flag, str(port)], cwd=cwd, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_healthy(server, url, 180, tmp_path / "serve.log", health="/ping")
-        except FractureError as exc:
-            pytest.fail(f"mlflow models serve did not come up: {exc}")
+            try:
+                wait_until_healthy(server, url, 180, log_path, health=health)
+            except FractureError as exc:
+                pytest.fail(f"mlflow {args[0]} did not come up: {exc}")
+            yield url
+        finally:
+            stop_server(server, group=True)  # the mlflow CLI and its uvicorn worker
+
+
+def test_logged_model_serves_with_mlflow_models_serve(local_run, tmp_path):
+    images, expected = stored_predictions(local_run.run_dir, 1)
+    serve = ["models", "serve", "-m", f"runs:/{local_run.run_id}/model", "--env-manager", "local", "-h", "127.0.0.1"]
+    with mlflow_process(serve, "-p", tmp_path / "serve.log", "/ping", env=outside_env(local_run.uri),
+                        cwd=tmp_path) as url:
         request = urllib.request.Request(f"{url}/invocations", json.dumps({"inputs": images.tolist()}).encode(),
                                          {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as answer:
             predictions = json.loads(answer.read())["predictions"]
-    finally:
-        stop_server(server, group=True)  # the mlflow CLI and its uvicorn worker
-        server_log.close()
     assert np.shape(predictions) == (1, 1)
     np.testing.assert_allclose(np.ravel(predictions), expected, atol=1e-5)
 
@@ -246,25 +254,11 @@ def test_a_run_that_raises_ends_failed_with_the_error(train_data, tmp_path, monk
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on a free 127.0.0.1 port (SQLite backend, proxied artifacts); stopped after."""
-    port = free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    command = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
-    command += ["server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                "--artifacts-destination", str(tmp_path / "server_artifacts"),
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    server_log = open(tmp_path / "server.log", "wb")
+    server = ["server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+              "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1", "--workers", "1"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_until_healthy(server, url, 180, tmp_path / "server.log", health="/health")
-        except FractureError as exc:
-            pytest.fail(f"mlflow server did not come up: {exc}")
+    with mlflow_process(server, "--port", tmp_path / "server.log", "/health", env=env) as url:
         yield url
-    finally:
-        stop_server(server, group=True)  # the mlflow CLI and its uvicorn worker
-        server_log.close()
 
 
 def test_training_against_a_real_mlflow_server(mlflow_server, train_data, tmp_path, monkeypatch):
