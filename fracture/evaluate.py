@@ -98,9 +98,8 @@ def predict_paths(model_or_run, paths, batch_size: int = 16, max_pixels: int | N
     """
     from fracture.data import expand_image_paths, load_images
 
-    model, threshold = _model_and_threshold(model_or_run)
-    if max_pixels is None:
-        max_pixels = _max_pixels(model_or_run)
+    model, threshold, run_max_pixels = _model_settings(model_or_run)
+    max_pixels = run_max_pixels if max_pixels is None else max_pixels
     files = expand_image_paths(paths)
     size = model.input_shape[1]
     images, ok, skipped = load_images(files, size, max_pixels=max_pixels)
@@ -112,17 +111,15 @@ def predict_paths(model_or_run, paths, batch_size: int = 16, max_pixels: int | N
     return out
 
 
-def _max_pixels(model_or_run) -> int:
-    from fracture.imageio import DEFAULT_MAX_PIXELS
+def _model_settings(model_or_run):
+    """(model, threshold, max_pixels): a Run's own settings, else the Config defaults for a bare model."""
+    from fracture.config import Config
 
-    config = getattr(model_or_run, "config", None)
-    return int(getattr(config, "max_pixels", DEFAULT_MAX_PIXELS))
-
-
-def _model_and_threshold(model_or_run):
     if hasattr(model_or_run, "model"):  # a Run
-        return model_or_run.model, model_or_run.config.threshold
-    return model_or_run, 0.5
+        cfg = model_or_run.config
+        return model_or_run.model, cfg.threshold, cfg.max_pixels
+    defaults = Config()
+    return model_or_run, defaults.threshold, defaults.max_pixels
 
 
 def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> dict:
