@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images for --evaluate and the default panels: test = MURA's valid folder, "
                         "val = the patient split carved from train")
     p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    from fracture.cam import draw  # the panels' defaults live there (fracture is imported already)
+
+    p.add_argument("--colormap", default=draw.COLORMAP, help="overlay colormap, a matplotlib name (turbo, inferno...)")
+    p.add_argument("--alpha", type=float, default=draw.ALPHA, help="weight of the map over the X-ray, 0..1")
+    p.add_argument("--scale", default="map", choices=draw.SCALES,
+                   help="map: each map to its own [0, 1] (shape only); shared: one scale per method x layer "
+                        "over the images, so weak evidence stays dim")
+    p.add_argument("--dpi", type=int, default=draw.DPI, help="resolution of panel.png and features__*.png")
     p.set_defaults(func=_delegate("fracture.cam", "cli_cam"))
 
     p = verbs.add_parser("serve", help="web app: upload an X-ray, get probability + CAM")

@@ -149,54 +149,11 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# plots
+# plots (in fracture/plots.py; this name stays for the callers that import it from here)
 # --------------------------------------------------------------------------------------------
-def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict, out_dir, threshold: float,
-               split: str = "test") -> list[Path]:
-    """Loss/AUC curves, ROC (image and study level) and the confusion matrix of `split`, as PNG files."""
-    # Figure objects, not pyplot: no global backend switch, so a notebook's inline plots keep working.
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict | None, out_dir, threshold: float,
+               split: str = "test", best_epoch: int | None = None) -> list[Path]:
+    """The run's figures as PNG files: see `fracture.plots.save_plots`."""
+    from fracture import plots
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    fig = Figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2)
-    for ax, metric in zip(axes, ("loss", "auc")):
-        for column, style in ((metric, "-"), (f"val_{metric}", "--")):
-            if column in history:
-                ax.plot(history["epoch"] + 1, history[column], style, label=column)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.set_title(metric)
-        ax.legend()
-    written.append(_save(fig, out_dir / "curves.png"))
-
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    studies = study_level(frame)
-    for name, part in (("image", frame), ("study", studies)):
-        if part["label"].nunique() == 2:
-            fpr, tpr, _ = skm.roc_curve(part["label"], part["probability"])
-            ax.plot(fpr, tpr, label=f"{name} AUC {scores[name]['auc']:.3f}")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC ({split})")
-    ax.legend(loc="lower right")
-    written.append(_save(fig, out_dir / "roc.png"))
-
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    skm.ConfusionMatrixDisplay(np.array(scores["image"]["confusion_matrix"]),
-                               display_labels=["normal", "abnormal"]).plot(ax=ax, colorbar=False)
-    ax.set_title(f"{split}, image level, threshold {threshold}")
-    written.append(_save(fig, out_dir / "confusion_matrix.png"))
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)  # a Figure without pyplot needs no close(): nothing else holds it
-    return path
+    return plots.save_plots(history, frame, scores, out_dir, threshold, split, best_epoch)

@@ -33,3 +33,12 @@ def label(probability, threshold):
     """"abnormal" or "normal" (scalar -> str, array -> array of str) by `is_abnormal`."""
     verdict = np.where(is_abnormal(probability, threshold), ABNORMAL, NORMAL)
     return str(verdict) if verdict.ndim == 0 else verdict
+
+
+NEAR_THRESHOLD = 0.1  # |p - threshold| below this is flagged "near the threshold" (an uncertain call)
+
+
+def near_threshold(probability, threshold, band: float = NEAR_THRESHOLD):
+    """True where the probability lies within `band` of the threshold (scalar -> bool, array -> array)."""
+    near = np.abs(np.asarray(probability, np.float64) - threshold) < band
+    return bool(near) if near.ndim == 0 else near

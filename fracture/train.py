@@ -224,7 +224,8 @@ def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dic
                 scored[split].to_csv(tmp, index=False)
             log.info("%s:\n%s", split, format_table(metrics[split]))
     plot_split = "test" if "test" in scored else "val"  # ROC and confusion matrix of the held-out data
-    save_plots(history, scored[plot_split], metrics[plot_split], run_dir / "plots", cfg.threshold, plot_split)
+    save_plots(history, scored[plot_split], metrics[plot_split], run_dir / "plots", cfg.threshold, plot_split,
+               best_epoch=metrics["best_epoch"])
     fileio.atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     resume.write_marker(run_dir, metrics)  # the run is complete from here on
     resume.remove_backup(run_dir)

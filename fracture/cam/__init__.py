@@ -6,7 +6,7 @@ Shaped like pytorch-grad-cam, one job per module:
     backend.py   A and G per backend behind `CamEngine(model)`, which owns the compiled functions
     maps.py      map pipeline: method, ReLU, upsampling, [0, 1] scaling; Score-CAM
     checks.py    checks a user can fail (layer, method, target, image batch)
-    draw.py      overlays, feature grids, panels, PNG files (not `render.py`: a module of that
+    draw.py      overlays, labelled feature grids, panels (layers x methods), PNG files (not `render.py`: a module of that
                  name would be shadowed here by the `render` function, and `import
                  fracture.cam.render as m` would hand back the function)
     metrics.py   pointing game, energy in box, oracle, deletion/insertion, evaluate_localization
@@ -47,7 +47,17 @@ from fracture.cam.metrics import (
     pointing_game,
     scale_box,
 )
-from fracture.cam.draw import default_images, feature_grid, image_stem, overlay, render
+from fracture.cam.draw import (
+    cam_panel,
+    default_images,
+    feature_figure,
+    feature_grid,
+    image_stem,
+    overlay,
+    render,
+    scale_maps,
+    true_labels,
+)
 
 __all__ = [
     "CHUNK", "GRADIENT_CHUNK", "CamEngine", "LayerPlumbing", "engine_for", "predict_logits", "release_engine",
@@ -56,5 +66,6 @@ __all__ = [
     "GRADIENT_METHODS", "METHODS", "gradcam", "gradcampp", "hirescam", "layercam", "scorecam_weights",
     "EVAL_COLUMNS", "RANDOM_DRAWS", "boxes_by_path", "deletion_insertion", "energy_in_box",
     "evaluate_localization", "oracle_scores", "pointing_game", "scale_box",
-    "default_images", "feature_grid", "image_stem", "overlay", "render",
+    "cam_panel", "default_images", "feature_figure", "feature_grid", "image_stem", "overlay", "render",
+    "scale_maps", "true_labels",
 ]

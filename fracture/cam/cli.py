@@ -47,7 +47,8 @@ def cli_cam(args) -> None:
     paths = _expand(args.images) if args.images else default_images(run, args.limit or 4, args.split)
     if args.limit:
         paths = paths[:args.limit]
-    written = render(run, paths, layers, methods, out_dir=args.out, target=args.target)
+    written = render(run, paths, layers, methods, out_dir=args.out, target=args.target, colormap=args.colormap,
+                     alpha=args.alpha, scale=args.scale, dpi=args.dpi)
     folders = sorted({str(p.parent) for p in written})
     print(f"{len(written)} files for {len(folders)} images (target: {args.target}):")
     for folder in folders:
