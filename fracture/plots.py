@@ -78,6 +78,11 @@ def _counts(part) -> str:
     return f"n={len(part)}, {positives} {ABNORMAL}"
 
 
+def _legend(ax, **kwargs):
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn (one class only): no empty legend box
+        ax.legend(fontsize=FONT_SIZE - 2, **kwargs)
+
+
 def _one_class_note(ax, name):
     ax.text(0.5, 0.5, f"{name}: one class only,\nno curve", ha="center", va="center", transform=ax.transAxes,
             fontsize=FONT_SIZE)
@@ -161,7 +166,7 @@ def roc(frame: pd.DataFrame, threshold: float, split: str = "test"):
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
            xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal", title=f"ROC, {split} split")
-    ax.legend(loc="lower right", fontsize=FONT_SIZE - 2)
+    _legend(ax, loc="lower right")
     ax.grid(alpha=0.3)
     _font(ax)
     return fig
@@ -189,7 +194,7 @@ def precision_recall(frame: pd.DataFrame, threshold: float, split: str = "test")
                 **LEVEL_STYLE[name])
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (positive predictive value)",
            xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal", title=f"precision-recall, {split} split")
-    ax.legend(loc="lower left", fontsize=FONT_SIZE - 2)
+    _legend(ax, loc="lower left")
     ax.grid(alpha=0.3)
     _font(ax)
     return fig
@@ -215,7 +220,7 @@ def calibration(frame: pd.DataFrame, split: str = "test", n_bins: int = 10, thre
                                             **LEVEL_STYLE[name])
     top.set(xlabel="", ylabel="fraction abnormal (observed)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
             title=f"reliability diagram, {split} split, {n_bins} bins")
-    top.legend(loc="upper left", fontsize=FONT_SIZE - 2)
+    _legend(top, loc="upper left")
     top.grid(alpha=0.3)
     bins = np.linspace(0, 1, n_bins + 1)
     for value, name, color in ((0, NORMAL, "tab:gray"), (1, ABNORMAL, "tab:red")):
@@ -224,7 +229,7 @@ def calibration(frame: pd.DataFrame, split: str = "test", n_bins: int = 10, thre
     if threshold is not None:
         bottom.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     bottom.set(xlabel="predicted probability of fracture", ylabel="images")
-    bottom.legend(fontsize=FONT_SIZE - 2)
+    _legend(bottom)
     for ax in (top, bottom):
         _font(ax)
     return fig

@@ -7,6 +7,7 @@ import re
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -366,6 +367,103 @@ def test_feature_grid_tiles(planted):
     assert cam.feature_grid(model, x[0], "last").shape == (4 * 48 + 6, 4 * 48 + 6, 3)  # 16 channels, 8 px
 
 
+def test_feature_figure_names_the_most_active_channels(planted):
+    model, x, _, _ = planted
+    act = keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("last").output)(x[:1], training=False))
+    top = sorted(np.argsort(-act[0].mean(axis=(0, 1)))[:5])  # by mean activation, shown in channel order
+    fig = cam.feature_figure(model, x[0], "last", max_channels=5)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [f"ch {c}" for c in top]
+    assert "5 most active of 16 channels" in fig.get_suptitle()
+
+
+def _blend(gray, value, colormap="jet", alpha=0.4):
+    """The overlay colour of a map value over a gray level, computed here from the colormap."""
+    import matplotlib
+
+    return (1 - alpha) * gray + alpha * np.asarray(matplotlib.colormaps[colormap](value)[:3]) * 255
+
+
+def _weak_and_strong():
+    """Two raw maps of one shape, the second with a tenth of the first's values."""
+    raw = np.zeros((2, 8, 8), np.float32)
+    raw[:, 2:6, 2:6] = 1.0
+    raw[0] *= 10.0
+    return {"gradcam": {"relu": raw}}
+
+
+def test_shared_scale_keeps_a_weak_map_dim():
+    gray = np.full((8, 8), 100, np.uint8)
+    shared = cam.scale_maps(_weak_and_strong(), "shared")["gradcam"]["relu"]
+    per_map = cam.scale_maps(_weak_and_strong(), "map")["gradcam"]["relu"]
+    strong, weak = (cam.overlay(gray, m) for m in shared)
+    np.testing.assert_allclose(strong[4, 4], _blend(100, 1.0), atol=1)
+    np.testing.assert_allclose(weak[4, 4], _blend(100, 0.1), atol=1)  # a tenth of the evidence: dim
+    for m in per_map:  # each map stretched on its own: the weak one is painted as hot as the strong
+        np.testing.assert_allclose(cam.overlay(gray, m)[4, 4], _blend(100, 1.0), atol=1)
+    assert not cam.scale_maps({"m": {"l": np.zeros((2, 4, 4))}}, "shared")["m"]["l"].any()
+    with pytest.raises(FractureError, match="unknown scale 'global'"):
+        cam.scale_maps(_weak_and_strong(), "global")
+
+
+def _pixel_at_centre(fig, ax):
+    """RGB of the drawn figure at the centre of an axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3].astype(float)
+    box = ax.get_window_extent()
+    return image[image.shape[0] - int((box.y0 + box.y1) / 2), int((box.x0 + box.x1) / 2)]
+
+
+@pytest.mark.parametrize("scale", ["shared", "map"])
+def test_panel_paints_what_the_scale_says(scale):
+    gray = np.full((40, 40), 100, np.uint8)
+    maps = cam.scale_maps(_weak_and_strong(), scale)["gradcam"]["relu"]
+    drawn = []
+    for i in range(2):
+        fig = cam.cam_panel(gray, {"gradcam": {"relu": maps[i]}}, 0.9, 0.5, scale=scale, n_images=2)
+        drawn.append(_pixel_at_centre(fig, fig.axes[1]))  # axes: input, the map, the colorbar
+    np.testing.assert_allclose(drawn[0], _blend(100, 1.0), atol=4)
+    np.testing.assert_allclose(drawn[1], _blend(100, 0.1 if scale == "shared" else 1.0), atol=4)
+    assert ("over 2 images" if scale == "shared" else "its own [min, max]") in fig.axes[-1].get_ylabel()
+
+
+def test_panel_grid_title_and_near_threshold_note():
+    gray = np.full((30, 20), 90, np.uint8)
+    maps = {m: {layer: np.random.default_rng(0).random((4, 4)) for layer in ("a", "b", "c")}
+            for m in ("gradcam", "layercam")}
+    fig = cam.cam_panel(gray, maps, 0.55, 0.5, true_label=0, box=(2, 3, 10, 12), title="img")
+    assert len(fig.axes) == 1 + 3 * 2 + 1  # input, 3 layers x 2 methods, one colorbar
+    titles = [ax.get_title() for ax in fig.axes[1:-1]]
+    assert titles == ["gradcam", "layercam"] + [""] * 4  # methods head the columns
+    assert [ax.get_ylabel() for ax in fig.axes[1:-1:2]] == ["a", "b", "c"]  # layers name the rows
+    heading = fig.get_suptitle()
+    assert "true: normal" in heading and "predicted: abnormal" in heading and "p(fracture) = 0.550" in heading
+    assert "within 0.1 of the threshold" in heading
+    assert len(fig.axes[0].patches) == 1  # the true box on the input
+    confident = cam.cam_panel(gray, maps, 0.9, 0.5).get_suptitle()
+    assert "true: unknown" in confident and "threshold" in confident and "within" not in confident
+
+
+def test_true_label_from_the_index_or_the_mura_folder_name(tmp_path):
+    from fracture.cam.draw import _true_label
+
+    positive = tmp_path / "patient00001" / "study1_positive" / "image1.png"
+    elsewhere = tmp_path / "upload.png"
+    assert _true_label(positive, {}) == 1 and _true_label(elsewhere, {}) is None
+    assert _true_label(elsewhere, {str(elsewhere.resolve()): 0}) == 0
+
+
+def test_cli_rejects_a_bad_look_before_loading_a_model(capsys):
+    from fracture.cli import main
+
+    assert main(["cam", "--run", "/no/such/run", "--colormap", "no-such-map"]) == 2
+    assert "unknown colormap 'no-such-map'" in capsys.readouterr().err
+    assert main(["cam", "--run", "/no/such/run", "--alpha", "1.5"]) == 2
+    assert "alpha must be in [0, 1]" in capsys.readouterr().err
+
+
 def test_user_errors_are_clear(planted):
     model, x, _, _ = planted
     with pytest.raises(FractureError, match=r"no layer 'lats'.*last"):
@@ -403,7 +501,8 @@ def test_render_writes_named_files_and_hands_them_to_mlflow(run_copy, tmp_path, 
     (run_copy.path / "mlflow_run_id.txt").write_text("abc123")
     paths = cam.default_images(run_copy, 2)
     layers, methods = ["pool4_relu", "relu"], ["gradcam", "layercam"]
-    written = cam.render(run_copy, paths, layers, methods, out_dir=tmp_path / "out")
+    written = cam.render(run_copy, paths, layers, methods, out_dir=tmp_path / "out", scale="shared",
+                         colormap="inferno", alpha=0.5, dpi=80)
     (run_copy.path / "mlflow_run_id.txt").unlink()
     folder = tmp_path / "out" / "tiny" / cam.image_stem(paths[0])
     assert re.fullmatch(r"patient\d{5}_study\d_positive_image\d", folder.name)  # MURA files are all imageK.png
@@ -414,6 +513,9 @@ def test_render_writes_named_files_and_hands_them_to_mlflow(run_copy, tmp_path, 
 
     original = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
     assert cv2.imread(str(folder / "gradcam__pool4_relu.png")).shape == (*original.shape, 3)
+    assert cam.true_labels(run_copy.config)[str(Path(paths[0]).resolve())] == 1  # a positive, by its folder
+    panel = cv2.imread(str(folder / "panel.png"))
+    assert panel.shape[1] == round(80 * (2.3 * 3 + 0.9))  # the original and 2 methods, 2.3 in each, at 80 dpi
     (args, kwargs), = calls  # one call, with the per-image folders (file names repeat across images)
     assert args[0] == run_copy.path and kwargs == {"artifact_path": "cam"}
     assert sorted(args[1]) == sorted({p.parent for p in written}) and len(args[1]) == 2

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fracture.cam.checks import check_methods, spatial_layer
 from fracture.cam.metrics import evaluate_localization
-from fracture.cam.draw import default_images, render
+from fracture.cam.draw import check_look, default_images, render
 
 
 def _expand(paths) -> list[Path]:
@@ -26,6 +26,7 @@ def cli_cam(args) -> None:
     from fracture.model import load_run
 
     methods = check_methods(_split(args.methods))
+    check_look(args.colormap, args.alpha, args.scale)  # before the model loads: a typo answers at once
     layers = _split(args.layers)
     run = load_run(args.run)
     for name in layers:

@@ -179,7 +179,8 @@ def scale_maps(raw: dict, scale: str = "map") -> dict:
     return out
 
 
-def _check_look(colormap, alpha, scale):
+def check_look(colormap, alpha, scale) -> None:
+    """FractureError for an unknown colormap or scale, or an alpha outside [0, 1]."""
     _colormap(colormap)
     if not 0.0 <= float(alpha) <= 1.0:
         raise FractureError(f"alpha must be in [0, 1] (the map's weight over the X-ray), got {alpha}")
@@ -202,7 +203,7 @@ def render(run, paths, layers, methods, out_dir="layer_outputs", target="fractur
 
     layers = [layers] if isinstance(layers, str) else list(layers)
     methods = check_methods(methods)
-    _check_look(colormap, alpha, scale)
+    check_look(colormap, alpha, scale)
     model, size = run.model, run.model.input_shape[1]
     for name in layers:
         spatial_layer(model, name)
