@@ -113,7 +113,7 @@ def training_curves(history: pd.DataFrame, best_epoch: int | None = None):
             ax.plot(epochs, rates, "o-", color="tab:green", markersize=3)
             if rates.min() > 0 and rates.max() / rates.min() > 10:  # decades of decay read on a log axis
                 ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
             ax.set_title("learning rate (at the end of each epoch)")
         else:
             for column, style, name in ((metric, "o-", "train"), (f"val_{metric}", "s--", "validation")):
@@ -190,7 +190,8 @@ def precision_recall(frame: pd.DataFrame, threshold: float, split: str = "test")
                    **LEVEL_STYLE[name])
         point = operating_point(part["label"], part["probability"], threshold)
         ax.plot([point["sensitivity"]], [point["precision"]], "o", markersize=8, markeredgecolor="black",
-                label=f"{name} at {threshold:g}: recall {point['sensitivity']:.2f}, precision {point['precision']:.2f}",
+                label=f"{name} at {threshold:g}: recall {point['sensitivity']:.2f}, precision "
+                      + ("n/a (none called abnormal)" if np.isnan(point["precision"]) else f"{point['precision']:.2f}"),
                 **LEVEL_STYLE[name])
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (positive predictive value)",
            xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal", title=f"precision-recall, {split} split")
@@ -223,9 +224,8 @@ def calibration(frame: pd.DataFrame, split: str = "test", n_bins: int = 10, thre
     _legend(top, loc="upper left")
     top.grid(alpha=0.3)
     bins = np.linspace(0, 1, n_bins + 1)
-    for value, name, color in ((0, NORMAL, "tab:gray"), (1, ABNORMAL, "tab:red")):
-        bottom.hist(frame.loc[frame["label"] == value, "probability"], bins=bins, alpha=0.6, color=color,
-                    label=f"{name} images")
+    bottom.hist([frame.loc[frame["label"] == value, "probability"] for value in (0, 1)], bins=bins,
+                color=["tab:gray", "tab:red"], label=[f"{NORMAL} images", f"{ABNORMAL} images"])  # side by side
     if threshold is not None:
         bottom.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     bottom.set(xlabel="predicted probability of fracture", ylabel="images")

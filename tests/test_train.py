@@ -15,7 +15,8 @@ from fracture.train import class_weights
 from tests.conftest import BROKEN, tiny_config, train_keeping_the_model
 
 RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_val.csv",
-             "predictions_test.csv", "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png", "complete.json"]
+             "predictions_test.csv", "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png",
+             "plots/precision_recall.png", "plots/calibration.png", "complete.json"]
 
 
 def test_run_folder_is_complete(trained_run):

@@ -6,9 +6,9 @@ Shaped like pytorch-grad-cam, one job per module:
     backend.py   A and G per backend behind `CamEngine(model)`, which owns the compiled functions
     maps.py      map pipeline: method, ReLU, upsampling, [0, 1] scaling; Score-CAM
     checks.py    checks a user can fail (layer, method, target, image batch)
-    draw.py      overlays, labelled feature grids, panels (layers x methods), PNG files (not `render.py`: a module of that
-                 name would be shadowed here by the `render` function, and `import
-                 fracture.cam.render as m` would hand back the function)
+    draw.py      overlays, labelled feature grids, panels (layers x methods), PNG files (not
+                 `render.py`: a module of that name would be shadowed here by the `render`
+                 function, and `import fracture.cam.render as m` would hand back the function)
     metrics.py   pointing game, energy in box, oracle, deletion/insertion, evaluate_localization
     cli.py       the `cam` verb
 

@@ -263,7 +263,8 @@ def _verdict_line(probability, threshold, true_label):
     predicted = label(probability, threshold)
     truth = {None: "unknown", 1: ABNORMAL, 0: NORMAL}[true_label]
     colour = "black" if true_label is None else ("darkgreen" if truth == predicted else "firebrick")
-    return f"true: {truth}   |   predicted: {predicted}, p(fracture) = {probability:.3f} (threshold {threshold:g})", colour
+    line = f"true: {truth}   |   predicted: {predicted}, p(fracture) = {probability:.3f} (threshold {threshold:g})"
+    return line, colour
 
 
 def cam_panel(gray, maps, probability, threshold, *, true_label=None, box=None, target="fracture",
