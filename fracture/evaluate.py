@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -79,16 +80,21 @@ def score_frame(frame: pd.DataFrame, threshold: float, resamples: int = 0, seed:
 SUMMARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "auc", "kappa")
 
 
+def _levels(scores: dict) -> dict:
+    """The level entries of a split's scores (image, study), without its notes (final, threshold...)."""
+    return {level: m for level, m in scores.items() if isinstance(m, dict) and "n" in m}
+
+
 def summary_table(scores: dict) -> pd.DataFrame:
     """{'image': {...}, 'study': {...}} -> a small table, one row per level (n as an integer)."""
-    table = pd.DataFrame({level: {k: m[k] for k in SUMMARY_KEYS} for level, m in scores.items()}).T
+    table = pd.DataFrame({level: {k: m[k] for k in SUMMARY_KEYS} for level, m in _levels(scores).items()}).T
     return table.astype({"n": int})
 
 
 def format_table(scores: dict) -> str:
     """The summary table as text: `0.91 (0.87–0.94)` where an interval exists, `0.913` where not,
     then one line per level whose split was too small for intervals."""
-    levels = {level: m for level, m in scores.items() if isinstance(m, dict) and "n" in m}
+    levels = _levels(scores)
     rows = {}
     for level, m in levels.items():
         rows[level] = {"n": str(int(m["n"]))}
@@ -143,15 +149,32 @@ def _model_settings(model_or_run):
     from fracture.config import Config
 
     if hasattr(model_or_run, "model"):  # a Run
-        cfg = model_or_run.config
-        return model_or_run.model, cfg.threshold, cfg.max_pixels
+        return model_or_run.model, model_or_run.threshold, model_or_run.config.max_pixels
     defaults = Config()
     return model_or_run, defaults.threshold, defaults.max_pixels
 
 
+def choose_threshold(frame: pd.DataFrame, cfg) -> tuple[float, str]:
+    """(threshold, rule) for threshold=auto, from a validation predictions table: chosen at study
+    level, where the MURA protocol makes its decision (Youden's J, or cfg.target_sensitivity)."""
+    from fracture.errors import DataError
+
+    studies = study_level(frame)
+    if studies["label"].nunique() < 2:
+        raise DataError("threshold=auto needs abnormal and normal studies in the validation split; "
+                        "set a number, e.g. threshold=0.5")
+    threshold, rule = stats.choose_threshold(studies["label"], studies["probability"], cfg.target_sensitivity)
+    return threshold, f"{rule}, study level"
+
+
 def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> dict:
     """Re-evaluate a saved run (path or Run) on a split of its data; returns the scores and,
-    with write=True, stores them in the run's metrics.json under `split`."""
+    with write=True, stores them in the run's metrics.json under `split`.
+
+    The test split is the final, held-out report: stored with `final: true`, the time, and how
+    often it was evaluated; a second evaluation warns (choosing anything by test biases it).
+    threshold=auto takes the threshold chosen on validation (choosing it first when missing).
+    """
     from fracture.data import load_index, split_arrays
     from fracture.model import Run, load_run
 
@@ -164,14 +187,37 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
         raise DataError(f"the data at {cfg.data_dir} has no '{split}' split")
     frame, images, _ = arrays[split]
     frame = frame.assign(probability=predict_images(run.model, images, cfg.batch_size))
-    scores = score_frame(frame, cfg.threshold)
+    stored = dict(run.metrics)
+    if cfg.threshold != "auto":
+        threshold = float(cfg.threshold)
+    elif split == "val":
+        threshold, stored["threshold_rule"] = choose_threshold(frame, cfg)
+        stored["threshold"] = threshold
+    elif "threshold" in stored:
+        threshold = float(stored["threshold"])
+    else:  # an auto run without a stored choice (trained before it was recorded): choose it now
+        val = arrays["val"][0].assign(probability=predict_images(run.model, arrays["val"][1], cfg.batch_size))
+        threshold, stored["threshold_rule"] = choose_threshold(val, cfg)
+        stored["threshold"] = threshold
+    scores = {**score_frame(frame, threshold, cfg.bootstrap_resamples, cfg.seed), "threshold": threshold}
+    if split == "test":
+        previous = stored.get("test", {}).get("evaluations", 0) if isinstance(stored.get("test"), dict) else 0
+        if previous and write:
+            log.warning("the test split of %s was evaluated before (%s): report it, do not choose a model, "
+                        "threshold or setting by it (use val for that)", run.name, stored["test"].get("evaluated"))
+        scores.update(final=True, evaluated=datetime.now().isoformat(timespec="seconds"),
+                      evaluations=previous + 1)
     log.debug("%s split of %s:\n%s", split, run.name, format_table(scores))  # callers show it
     if write:
-        stored = dict(run.metrics)
         stored[split] = scores
         with atomic_path(run.path / f"predictions_{split}.csv") as tmp:
             frame.to_csv(tmp, index=False)
         atomic_write_text(run.path / "metrics.json", json.dumps(stored, indent=2))
+        run.metrics = stored
+        from fracture import tracking
+
+        tracking.log_evaluation(run.path, stored, split, [run.path / f"predictions_{split}.csv",
+                                                          run.path / "metrics.json"])
     return scores
 
 

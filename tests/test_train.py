@@ -18,6 +18,14 @@ RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipp
              "predictions_test.csv", "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png", "complete.json"]
 
 
+def test_train_selects_on_validation_and_leaves_test_alone(trained_alone):
+    """train writes val scores (with intervals) and the threshold; the test split stays unseen."""
+    assert set(RUN_FILES) - set(trained_alone["files"]) == {"predictions_test.csv"}
+    metrics = trained_alone["metrics"]
+    assert "test" not in metrics and metrics["threshold"] == 0.5 and metrics["threshold_rule"] == "fixed by the config"
+    assert set(metrics["val"]["study"]) >= {"auc_ci", "kappa_ci", "sensitivity_ci", "specificity_ci", "accuracy_ci"}
+
+
 def test_run_folder_is_complete(trained_run):
     for name in RUN_FILES:
         assert (trained_run / name).is_file(), name
@@ -30,6 +38,7 @@ def test_run_folder_is_complete(trained_run):
         for level in ("image", "study"):
             assert {"auc", "kappa", "accuracy", "sensitivity", "specificity", "confusion_matrix"} <= set(
                 metrics[split][level])
+    assert metrics["test"]["final"] is True and metrics["test"]["evaluations"] >= 1
     assert metrics["skipped_files"] == 1 and metrics["trainable_params"] > 0
 
 

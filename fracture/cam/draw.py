@@ -129,7 +129,7 @@ def render(run, paths, layers, methods, out_dir="layer_outputs", target="fractur
                 written.append(_write_png(folder / f"{method}__{layer}.png", picture))
                 tiles.append((f"{method} · {layer}", picture))
             written.append(_write_png(folder / f"features__{layer}.png", feature_grid(model, x[i], layer)))
-        written.append(_panel(folder / "panel.png", gray, tiles, probabilities[i], run.config.threshold,
+        written.append(_panel(folder / "panel.png", gray, tiles, probabilities[i], run.threshold,
                               target, boxes.get(str(path.resolve()))))
         log.info("%s: p(fracture)=%.3f -> %s", path, probabilities[i], folder)
     # One folder per image: handed over as folders, they land in MLflow as cam/<image-stem>/...
