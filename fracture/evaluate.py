@@ -190,15 +190,18 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
     stored = dict(run.metrics)
     if cfg.threshold != "auto":
         threshold = float(cfg.threshold)
-    elif split == "val":
-        threshold, stored["threshold_rule"] = choose_threshold(frame, cfg)
-        stored["threshold"] = threshold
-    elif "threshold" in stored:
-        threshold = float(stored["threshold"])
-    else:  # an auto run without a stored choice (trained before it was recorded): choose it now
-        val = arrays["val"][0].assign(probability=predict_images(run.model, arrays["val"][1], cfg.batch_size))
-        threshold, stored["threshold_rule"] = choose_threshold(val, cfg)
-        stored["threshold"] = threshold
+    elif split != "val" and run.config.threshold == "auto" and "threshold" in stored:
+        threshold = float(stored["threshold"])  # the run's own choice, made on validation
+    else:  # choose on validation now (an override to auto, or a val re-evaluation)
+        if "val" not in arrays:
+            from fracture.errors import DataError
+
+            raise DataError(f"threshold=auto needs the 'val' split, and {cfg.data_dir} has none: pass threshold=0.5")
+        val = frame if split == "val" else arrays["val"][0].assign(
+            probability=predict_images(run.model, arrays["val"][1], cfg.batch_size))
+        threshold, rule = choose_threshold(val, cfg)
+        if run.config.threshold == "auto":  # the run's stored choice; an override leaves it alone
+            stored.update(threshold=threshold, threshold_rule=rule)
     scores = {**score_frame(frame, threshold, cfg.bootstrap_resamples, cfg.seed), "threshold": threshold}
     if split == "test":
         previous = stored.get("test", {}).get("evaluations", 0) if isinstance(stored.get("test"), dict) else 0

@@ -178,3 +178,21 @@ def test_adam_takes_the_learning_rate_and_ignores_momentum():
 
 def without_name(settings: dict) -> dict:
     return {key: value for key, value in settings.items() if key != "name"}  # adam, adam_1, ...
+
+
+def test_threshold_auto_is_chosen_on_validation_studies(trained_run):
+    """evaluate with threshold=auto: Youden's J on predictions_val.csv's studies (sklearn, by hand);
+    test is then scored with that threshold, never one chosen on test."""
+    from sklearn.metrics import roc_curve
+
+    run = fr.load_run(trained_run)
+    auto = config.update(run.config, {"threshold": "auto"})
+    val = fr.evaluate(run, auto, split="val", write=False)
+    table = pd.read_csv(trained_run / "predictions_val.csv")
+    studies = table.groupby("study").agg(label=("label", "max"), probability=("probability", "mean"))
+    fpr, tpr, _ = roc_curve(studies["label"], studies["probability"])
+    predicted = studies["probability"] > val["threshold"]
+    positives, negatives = studies["label"] == 1, studies["label"] == 0
+    j = (predicted & positives).sum() / positives.sum() + (~predicted & negatives).sum() / negatives.sum() - 1
+    assert j == pytest.approx((tpr - fpr).max())
+    assert fr.evaluate(run, auto, split="test", write=False)["threshold"] == pytest.approx(val["threshold"])
