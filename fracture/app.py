@@ -144,7 +144,7 @@ class Predictor:
         if self.size != int(run.config.image_size):
             log.warning("run %s: config image_size=%s but the model takes %s px; using the model's",
                         run.name, run.config.image_size, self.size)
-        self.threshold = float(run.config.threshold)
+        self.threshold = run.threshold  # for threshold=auto: the one chosen on validation
         self.layers = cam_layers(self.model, run.config.backbone)
         self._forward = compiled_forward(self.model)
         self._lock = threading.Lock()

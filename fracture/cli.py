@@ -41,7 +41,8 @@ def cmd_evaluate(args):
     run = load_run(args.run)
     cfg = config_lib.update(run.config, config_lib.parse_overrides(args.overrides)) if args.overrides else None
     scores = evaluate(run, cfg, split=args.split)
-    print(f"{args.split} split, run {run.name}:")
+    role = {"test": "final, held out: report it, do not choose by it", "val": "selection"}.get(args.split, "")
+    print(f"{args.split} split{f' ({role})' if role else ''}, run {run.name}, threshold {scores['threshold']:.3f}:")
     print(format_table(scores))
 
 
@@ -160,8 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_delegate("fracture.app", "cli_serve"))
 
+    p = verbs.add_parser("ensemble", help="average runs' probabilities (and flip TTA) into an ensemble folder")
+    p.add_argument("--runs", nargs="+", required=True, help="run names (in --runs-dir) or folders, two or more")
+    p.add_argument("--tta", default="none", choices=["none", "flip"], help="flip: also average horizontal flips")
+    p.add_argument("--threshold", help="a number or auto (chosen on val); default: auto when any member used "
+                                       "auto, else the members' threshold")
+    p.add_argument("--name", default="", help="folder name (default: ensemble-<timestamp>)")
+    p.add_argument("--runs-dir", default="saved_models")
+    p.set_defaults(func=_delegate("fracture.ensemble", "cli_ensemble"))
+
     p = verbs.add_parser("runs", help="best MLflow runs as a table")
-    p.add_argument("--sort", default="test_study_auc", help="metric to sort by (descending)")
+    p.add_argument("--sort", default="val_study_auc",
+                   help="metric to sort by (descending); compare runs on validation, test is the final report")
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--experiment", default="fracture")
     p.set_defaults(func=_delegate("fracture.tracking", "cli_runs"))

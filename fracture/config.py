@@ -83,7 +83,9 @@ class Config:
     plateau_patience: int = 0  # divide the learning rate by 10 on a val-loss plateau; 0 = off
     steps_per_execution: int = 1  # >1 runs several batches per compiled call (faster on GPUs)
     seed: int = 42  # seeds the split, the weights init and augmentation
-    threshold: float = 0.5  # probability above which an image/study is called abnormal
+    threshold: float | str = 0.5  # probability above which an image/study is called abnormal, or "auto": chosen on validation studies
+    target_sensitivity: float = 0.0  # threshold=auto: highest threshold reaching this validation sensitivity; 0 = Youden's J
+    bootstrap_resamples: int = 2000  # 95% confidence intervals: patients resampled this often (seeded by seed); 0 = off
     # --- outputs ----------------------------------------------------------------------------
     runs_dir: str = "saved_models"  # where run folders are written
     run_name: str = ""  # empty = timestamp + backbone; an existing run with this name resumes
@@ -138,6 +140,10 @@ def _coerce(key: str, value, typ):
             return float(value)
         if typ is str:
             return "" if value is None else str(value)
+        if typ == float | str:  # a number, or one of the words validate() accepts (threshold: "auto")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ConfigError(f"bad value for '{key}': {value!r} is not a number in [0, 1] or 'auto'")
+            return value.strip().lower() if isinstance(value, str) else float(value)
         if origin is list:
             (item_type,) = typing.get_args(typ)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -247,7 +253,11 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.momentum < 1.0, "momentum must be in [0, 1)"),
         (0.0 < cfg.gamma <= 1.0, "gamma must be in (0, 1]"),
         (0.0 <= cfg.dropout < 1.0, "dropout must be in [0, 1)"),
-        (0.0 <= cfg.threshold <= 1.0, "threshold must be in [0, 1]"),
+        (cfg.threshold == "auto" or isinstance(cfg.threshold, (int, float)) and not isinstance(cfg.threshold, bool)
+         and 0.0 <= cfg.threshold <= 1.0,
+         f"threshold must be a number in [0, 1] or 'auto' (chosen on validation), not {cfg.threshold!r}"),
+        (0.0 <= cfg.target_sensitivity <= 1.0, "target_sensitivity must be in [0, 1] (0 = Youden's J)"),
+        (cfg.bootstrap_resamples >= 0, "bootstrap_resamples must be 0 (no intervals) or a count"),
         (len(cfg.dense_units) == 3, "dense_units must list three layer sizes, e.g. [512,256,64]"),
         (all(u > 0 for u in cfg.dense_units), "dense_units must be positive"),
         (cfg.trainable_layers >= -1, "trainable_layers must be -1 (all) or a count >= 0"),

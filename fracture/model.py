@@ -326,6 +326,17 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def threshold(self) -> float:
+        """The decision threshold every reader of a run uses: the config's number, or for
+        threshold=auto the one chosen on validation and stored in metrics.json."""
+        if self.config.threshold != "auto":
+            return float(self.config.threshold)
+        if "threshold" not in self.metrics:
+            raise FractureError(f"run {self.path} has threshold=auto but no chosen threshold in metrics.json; "
+                                f"choose it with `python -m fracture evaluate --run {self.path} --split val`")
+        return float(self.metrics["threshold"])
+
 
 def load_model(path) -> keras.Model:
     path = Path(path)

@@ -229,11 +229,7 @@ class MlflowTracker:
         now, step = int(time.time() * 1000), 0  # one value per run: MLflow's convention is step 0
         values = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
         values.update({f"{split}_images": n for split, n in metrics.get("counts", {}).items()})
-        for split in ("val", "test"):
-            for level in ("image", "study"):
-                for key in FINAL_KEYS:
-                    if key in metrics.get(split, {}).get(level, {}):
-                        values[f"{split}_{level}_{key}"] = metrics[split][level][key]
+        values.update(split_metric_values(metrics, ("val", "test")))
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
     def _log_run_files(self, run_dir: Path) -> None:
@@ -263,6 +259,44 @@ class MlflowTracker:
                 shutil.copy2(run_dir / "model.keras", local / "model.keras")
                 (local / "signature.json").write_text(json.dumps(signature.to_dict(), indent=2))
             self.client.log_artifacts(self.run_id, str(local), "model")
+
+
+def split_metric_values(metrics: dict, splits) -> dict[str, float]:
+    """metrics.json -> flat MLflow metrics: `val_study_auc`, its interval as `val_study_auc_ci_low` and
+    `val_study_auc_ci_high` (when computed), and `threshold` (the one chosen on validation)."""
+    values = {"threshold": metrics["threshold"]} if isinstance(metrics.get("threshold"), (int, float)) else {}
+    for split in splits:
+        for level in ("image", "study"):
+            scores = metrics.get(split, {}).get(level, {})
+            for key in FINAL_KEYS:
+                if key in scores:
+                    values[f"{split}_{level}_{key}"] = scores[key]
+                if scores.get(f"{key}_ci"):
+                    values[f"{split}_{level}_{key}_ci_low"], values[f"{split}_{level}_{key}_ci_high"] = \
+                        scores[f"{key}_ci"]
+    return values
+
+
+def log_evaluation(run_dir, metrics: dict, split: str, paths) -> bool:
+    """After `evaluate`: the split's metrics (and files) into the run's MLflow run, if it has one."""
+    recorded = read_run_id(run_dir)
+    if recorded is None:
+        return False
+    run_id, uri = recorded
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        client = MlflowClient(tracking_uri=uri)
+        now = int(time.time() * 1000)
+        with _http_limits(**STEADY):
+            client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
+                                              for k, v in split_metric_values(metrics, [split]).items()])
+    except Exception as exc:
+        log.warning("could not log the %s metrics to MLflow run %s in %s (%s: %s)", split, run_id, uri,
+                    type(exc).__name__, exc)
+        return False
+    return log_artifacts(run_dir, [p for p in map(Path, paths) if p.is_file()])
 
 
 def model_signature(model):
@@ -384,11 +418,13 @@ def log_artifacts(run_dir, paths, artifact_path: str | None = None) -> bool:
 # `python -m fracture runs`
 # --------------------------------------------------------------------------------------------
 TABLE_PARAMS = ["backbone", "image_size", "trainable_layers", "learning_rate", "gamma"]
-TABLE_METRICS = ["test_study_auc", "test_study_kappa", "test_image_auc", "test_image_sensitivity",
-                 "test_image_specificity"]
+# Selection columns first (validation), then the final held-out test scores where `evaluate --split test` ran.
+TABLE_METRICS = ["val_study_auc", "val_study_auc_ci_low", "val_study_auc_ci_high", "val_study_kappa",
+                 "test_study_auc", "test_study_kappa", "test_image_auc"]
+DEFAULT_SORT = "val_study_auc"  # runs are compared on validation; test is reported, never chosen by
 
 
-def best_runs(sort: str = "test_study_auc", limit: int = 10, experiment: str = "fracture"):
+def best_runs(sort: str = DEFAULT_SORT, limit: int = 10, experiment: str = "fracture"):
     """A DataFrame of the `limit` finished runs with the highest `sort` metric in `experiment`."""
     import pandas as pd
     from mlflow import MlflowClient

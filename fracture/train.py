@@ -6,8 +6,11 @@ saved_models/<run>/
   backup/           while training: epoch-NNNN/ (weights + optimizer, state.json) for the newest commit
                     and the one before, best-NNNN.keras (the best epoch so far); removed once complete
   model.keras       the best epoch by validation AUC, copied from backup/ when training ends
-  predictions_val.csv, predictions_test.csv, skipped.csv (when any file was unreadable), plots/*.png
-  metrics.json      image- and study-level scores of model.keras on val and test, best_epoch, timings
+  predictions_val.csv, skipped.csv (when any file was unreadable), plots/*.png (validation)
+  metrics.json      image- and study-level scores of model.keras on val (with 95% intervals), the
+                    threshold (chosen on val for threshold=auto), best_epoch, timings. Everything is
+                    selected on val; `python -m fracture evaluate --split test` adds the final test
+                    scores and predictions_test.csv afterwards.
   complete.json     written last: the run is complete (find_run and load_run pick only complete runs)
   mlflow_run_id.txt MLflow run id and store URI (cfg.mlflow; see fracture/tracking.py)
 
@@ -69,8 +72,9 @@ def compile_model(model, cfg) -> None:
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy",
-                                                                             threshold=cfg.threshold)],
+        # threshold=auto is chosen after training, on validation: the epoch logs count at 0.5 meanwhile.
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(
+            name="accuracy", threshold=0.5 if cfg.threshold == "auto" else cfg.threshold)],
         steps_per_execution=cfg.steps_per_execution,
     )
 
@@ -192,7 +196,7 @@ def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker) -> dic
 def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dict) -> tuple[dict, object]:
     """The best epoch's model, predictions, plots, metrics.json, then the marker that says "complete"."""
     from fracture import fileio, resume
-    from fracture.evaluate import predict_images, save_plots, score_frame, format_table
+    from fracture.evaluate import choose_threshold, format_table, predict_images, save_plots, score_frame
     from fracture.model import count_params, load_model
 
     if not state["best_model"]:
@@ -214,17 +218,23 @@ def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dic
         "counts": {split: int(len(a[1])) for split, a in arrays.items()},
         "skipped_files": int(len(skipped)),
     }
-    scored = {}
-    for split in ("val", "test"):
-        if split in arrays:
-            part, images, _ = arrays[split]
-            scored[split] = part.assign(probability=predict_images(best, images, cfg.batch_size))
-            metrics[split] = score_frame(scored[split], cfg.threshold)
-            with fileio.atomic_path(run_dir / f"predictions_{split}.csv") as tmp:
-                scored[split].to_csv(tmp, index=False)
-            log.info("%s:\n%s", split, format_table(metrics[split]))
-    plot_split = "test" if "test" in scored else "val"  # ROC and confusion matrix of the held-out data
-    save_plots(history, scored[plot_split], metrics[plot_split], run_dir / "plots", cfg.threshold, plot_split,
+    # Selection uses validation only: the best epoch (above), the threshold and these scores. The
+    # test split is the final report, evaluated once afterwards by `python -m fracture evaluate`.
+    val_frame, val_images, _ = arrays["val"]
+    val_frame = val_frame.assign(probability=predict_images(best, val_images, cfg.batch_size))
+    if cfg.threshold == "auto":
+        threshold, metrics["threshold_rule"] = choose_threshold(val_frame, cfg)
+    else:
+        threshold, metrics["threshold_rule"] = float(cfg.threshold), "fixed by the config"
+    metrics["threshold"] = threshold
+    metrics["val"] = score_frame(val_frame, threshold, cfg.bootstrap_resamples, cfg.seed)
+    with fileio.atomic_path(run_dir / "predictions_val.csv") as tmp:
+        val_frame.to_csv(tmp, index=False)
+    log.info("val (selection):\n%s", format_table(metrics["val"]))
+    if "test" in arrays:
+        log.info("test split held out: report it once with `python -m fracture evaluate --run %s --split test`",
+                 run_dir)
+    save_plots(history, val_frame, metrics["val"], run_dir / "plots", threshold, "val",
                best_epoch=metrics["best_epoch"])
     fileio.atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     resume.write_marker(run_dir, metrics)  # the run is complete from here on

@@ -71,11 +71,29 @@ def train_keeping_the_model(cfg, monkeypatch):
 
 @pytest.fixture(scope="session")
 def trained(train_data, tmp_path_factory):
-    """One DenseNet121 trained for an epoch on 32 px images: (run folder, the in-memory fitted model)."""
+    """One DenseNet121 trained for an epoch on 32 px images: (run folder, the in-memory fitted model).
+
+    Then, as a user would, its final test evaluation (train itself selects on validation only);
+    what train alone wrote is kept for `trained_alone`."""
+    import json
+
     tmp = tmp_path_factory.mktemp("run")
     cfg = tiny_config(tmp, train_data, run_name="tiny")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return train_keeping_the_model(cfg, monkeypatch)
+        run_dir, fitted = train_keeping_the_model(cfg, monkeypatch)
+    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    (tmp / "trained_alone.json").write_text(json.dumps(
+        {"files": files, "metrics": json.loads((run_dir / "metrics.json").read_text())}))
+    fr.evaluate(run_dir, split="test")
+    return run_dir, fitted
+
+
+@pytest.fixture(scope="session")
+def trained_alone(trained):
+    """{'files': [...], 'metrics': {...}}: the run folder of `trained` before its test evaluation."""
+    import json
+
+    return json.loads((trained[0].parent.parent / "trained_alone.json").read_text())
 
 
 @pytest.fixture(scope="session")

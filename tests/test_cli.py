@@ -48,7 +48,7 @@ def test_evaluate_prints_image_and_study_rows(trained_run, capsys):
     assert main(["evaluate", "--run", str(trained_run)]) == 0
     captured = capsys.readouterr()
     out = captured.out
-    assert "test split, run tiny" in out
+    assert "test split (final, held out" in out and "run tiny, threshold 0.500" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert {"image", "study"} <= set(rows)
     assert "kappa" in out and "auc" in out

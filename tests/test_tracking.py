@@ -33,7 +33,7 @@ EPOCH_METRICS = ["loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy
 RUN_ARTIFACTS = ["config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_test.csv",
                  "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png", "model/MLmodel",
                  "model/data/model.keras"]
-RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_test.csv",
+RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_val.csv",
              "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png"]
 
 
@@ -57,10 +57,14 @@ def check_run_matches_folder(client, run_dir: Path, epochs: int) -> str:
         assert [p.step for p in points] == list(range(epochs)), key
         np.testing.assert_allclose([p.value for p in points], history[key], rtol=1e-5, err_msg=key)
     stored = json.loads((run_dir / "metrics.json").read_text())
-    for level in ("image", "study"):
-        for key in ("auc", "kappa", "accuracy", "sensitivity", "specificity"):
-            logged, expected = run.data.metrics[f"test_{level}_{key}"], stored["test"][level][key]
-            assert logged == pytest.approx(expected) or (math.isnan(logged) and math.isnan(expected))
+    for split in ("val", "test"):  # val logged by train, test by the final `evaluate --split test`
+        for level in ("image", "study"):
+            for key in ("auc", "kappa", "accuracy", "sensitivity", "specificity"):
+                logged, expected = run.data.metrics[f"{split}_{level}_{key}"], stored[split][level][key]
+                assert logged == pytest.approx(expected) or (math.isnan(logged) and math.isnan(expected))
+                if stored[split][level].get(f"{key}_ci"):
+                    assert [run.data.metrics[f"{split}_{level}_{key}_ci_{end}"] for end in ("low", "high")] == \
+                        pytest.approx(stored[split][level][f"{key}_ci"])
     tags = run.data.tags
     assert tags["run_dir"] == str(run_dir.resolve()) and tags["backbone"] == "VGG16"
     assert tags["keras_backend"] == keras.backend.backend() and tags["fracture_version"] == fr.__version__
@@ -87,6 +91,7 @@ def local_run(train_data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         run_dir = fr.train(tracked_config(tmp, train_data, epochs=2, run_name="tracked"))
+    fr.evaluate(run_dir, split="test")  # the final test report, logged into the same MLflow run
     client = MlflowClient(uri)
     return SimpleNamespace(run_dir=run_dir, uri=uri, client=client, tmp=tmp,
                            run_id=check_run_matches_folder(client, run_dir, epochs=2))
@@ -264,6 +269,7 @@ def mlflow_server(tmp_path):
 def test_training_against_a_real_mlflow_server(mlflow_server, train_data, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     run_dir = fr.train(tracked_config(tmp_path, train_data, run_name="served"))
+    fr.evaluate(run_dir, split="test")
     run_id = check_run_matches_folder(MlflowClient(mlflow_server), run_dir, epochs=1)
     assert (run_dir / tracking.RUN_ID_FILE).read_text() == f"{run_id}\n{mlflow_server}\n"
     assert list((tmp_path / "server_artifacts").rglob("model.keras"))  # uploaded through the server

@@ -19,6 +19,14 @@ RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipp
              "plots/precision_recall.png", "plots/calibration.png", "complete.json"]
 
 
+def test_train_selects_on_validation_and_leaves_test_alone(trained_alone):
+    """train writes val scores (with intervals) and the threshold; the test split stays unseen."""
+    assert set(RUN_FILES) - set(trained_alone["files"]) == {"predictions_test.csv"}
+    metrics = trained_alone["metrics"]
+    assert "test" not in metrics and metrics["threshold"] == 0.5 and metrics["threshold_rule"] == "fixed by the config"
+    assert set(metrics["val"]["study"]) >= {"auc_ci", "kappa_ci", "sensitivity_ci", "specificity_ci", "accuracy_ci"}
+
+
 def test_run_folder_is_complete(trained_run):
     for name in RUN_FILES:
         assert (trained_run / name).is_file(), name
@@ -31,6 +39,7 @@ def test_run_folder_is_complete(trained_run):
         for level in ("image", "study"):
             assert {"auc", "kappa", "accuracy", "sensitivity", "specificity", "confusion_matrix"} <= set(
                 metrics[split][level])
+    assert metrics["test"]["final"] is True and metrics["test"]["evaluations"] >= 1
     assert metrics["skipped_files"] == 1 and metrics["trainable_params"] > 0
 
 
@@ -170,3 +179,21 @@ def test_adam_takes_the_learning_rate_and_ignores_momentum():
 
 def without_name(settings: dict) -> dict:
     return {key: value for key, value in settings.items() if key != "name"}  # adam, adam_1, ...
+
+
+def test_threshold_auto_is_chosen_on_validation_studies(trained_run):
+    """evaluate with threshold=auto: Youden's J on predictions_val.csv's studies (sklearn, by hand);
+    test is then scored with that threshold, never one chosen on test."""
+    from sklearn.metrics import roc_curve
+
+    run = fr.load_run(trained_run)
+    auto = config.update(run.config, {"threshold": "auto"})
+    val = fr.evaluate(run, auto, split="val", write=False)
+    table = pd.read_csv(trained_run / "predictions_val.csv")
+    studies = table.groupby("study").agg(label=("label", "max"), probability=("probability", "mean"))
+    fpr, tpr, _ = roc_curve(studies["label"], studies["probability"])
+    predicted = studies["probability"] > val["threshold"]
+    positives, negatives = studies["label"] == 1, studies["label"] == 0
+    j = (predicted & positives).sum() / positives.sum() + (~predicted & negatives).sum() / negatives.sum() - 1
+    assert j == pytest.approx((tpr - fpr).max())
+    assert fr.evaluate(run, auto, split="test", write=False)["threshold"] == pytest.approx(val["threshold"])

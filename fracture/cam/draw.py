@@ -233,7 +233,7 @@ def render(run, paths, layers, methods, out_dir="layer_outputs", target="fractur
             features = feature_figure(model, x[i], layer, title=stem)
             written.append(save_figure(features, folder / f"features__{layer}.png", dpi))
         panel = cam_panel(gray, {m: {l: maps[m][l][i] for l in layers} for m in methods}, probabilities[i],
-                          run.config.threshold, true_label=_true_label(path, labels),
+                          run.threshold, true_label=_true_label(path, labels),
                           box=boxes.get(str(path.resolve())), target=target, colormap=colormap, alpha=alpha,
                           scale=scale, peaks={m: {l: float(raw[m][l][i].max()) for l in layers} for m in methods},
                           title=stem, n_images=len(originals))
