@@ -301,7 +301,8 @@ def test_oracle_scores():
     # plateau at (0, 0): inside the second box only
     pointing, energy = cam.oracle_scores(boxes, 32, (4, 4))
     assert pointing == 0.5 and 0 < energy < 0.5
-    assert cam.oracle_scores(boxes, 32, (1, 1)) == (0.5, 0.0)  # one cell: a constant map scales to zeros
+    # one cell: a constant map scales to zeros, which points nowhere (was a hit at (0, 0) for box 2)
+    assert cam.oracle_scores(boxes, 32, (1, 1)) == (0.0, 0.0)
 
 
 def test_scale_box_and_normalize():
