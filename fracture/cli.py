@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="fracture", choices=["fracture", "normal"], help="class the maps explain")
     p.add_argument("--out", default="layer_outputs", help="folder for layer_outputs/<run>/<image>/...")
     p.add_argument("--evaluate", action="store_true", help="pointing game, energy-in-box, deletion/insertion")
+    p.add_argument("--sanity", action="store_true",
+                   help="randomize the weights top-down and compare the maps -> <run>/cam_sanity.csv")
     p.add_argument("--split", default="test", choices=["val", "test"],
                    help="images for --evaluate and the default panels: test = MURA's valid folder, "
                         "val = the patient split carved from train")

@@ -302,7 +302,8 @@ def test_oracle_scores():
     # plateau at (0, 0): inside the second box only
     pointing, energy = cam.oracle_scores(boxes, 32, (4, 4))
     assert pointing == 0.5 and 0 < energy < 0.5
-    assert cam.oracle_scores(boxes, 32, (1, 1)) == (0.5, 0.0)  # one cell: a constant map scales to zeros
+    # one cell: a constant map scales to zeros, which points nowhere (was a hit at (0, 0) for box 2)
+    assert cam.oracle_scores(boxes, 32, (1, 1)) == (0.0, 0.0)
 
 
 def test_scale_box_and_normalize():
@@ -525,14 +526,14 @@ def test_evaluate_localization_writes_the_table(run_copy):
     table = cam.evaluate_localization(run_copy, ["gradcam", "scorecam"], ["pool4_relu"], limit=2, steps=4)
     assert list(table.columns) == cam.EVAL_COLUMNS
     assert list(zip(table["method"], table["layer"])) == [
-        ("gradcam", "pool4_relu"), ("scorecam", "pool4_relu"), ("random", "-")]
+        ("gradcam", "pool4_relu"), ("scorecam", "pool4_relu"), ("random_pixel", "-"), ("random_grid", "pool4_relu")]
     assert (table["n_images"] == 2).all()
     scores = table[["pointing_game", "energy_in_box", "deletion_auc", "insertion_auc"]].to_numpy()
     assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
     import pandas as pd
 
     stored = pd.read_csv(run_copy.path / "cam_eval.csv", keep_default_na=False)
-    assert list(stored.columns) == cam.EVAL_COLUMNS and len(stored) == 3
+    assert list(stored.columns) == cam.EVAL_COLUMNS and len(stored) == 4
 
 
 def test_split_chooses_the_images(run_copy, monkeypatch):

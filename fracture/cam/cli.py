@@ -1,4 +1,5 @@
-"""The `cam` verb: `python -m fracture cam` renders panels, or with --evaluate scores the maps."""
+"""The `cam` verb: `python -m fracture cam` renders panels, with --evaluate scores the maps, and
+with --sanity checks that they change when the weights are randomized."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from fracture.cam.checks import check_methods, spatial_layer
 from fracture.cam.metrics import evaluate_localization
 from fracture.cam.draw import check_look, default_images, render
+from fracture.cam.sanity import PASS_BELOW, sanity_check, verdicts
 
 
 def _expand(paths) -> list[Path]:
@@ -31,6 +33,9 @@ def cli_cam(args) -> None:
     run = load_run(args.run)
     for name in layers:
         spatial_layer(run.model, name)
+    if getattr(args, "sanity", False):
+        _sanity(run, methods, layers, args)
+        return
     if args.evaluate:
         table = evaluate_localization(run, methods, layers, limit=args.limit, split=args.split)
         print(f"CAM localization and faithfulness, run {run.name}, "
@@ -54,3 +59,20 @@ def cli_cam(args) -> None:
     print(f"{len(written)} files for {len(folders)} images (target: {args.target}):")
     for folder in folders:
         print(f"  {folder}/panel.png")
+
+
+def _sanity(run, methods, layers, args) -> None:
+    """--sanity: the weight-randomization cascade (fracture/cam/sanity.py), its table and verdicts."""
+    import pandas as pd
+
+    table = sanity_check(run, methods, layers, limit=args.limit, split=args.split, target=args.target)
+    print(f"CAM sanity check, run {run.name}: weights randomized from the top down, maps compared with "
+          f"the trained model's on {args.split} images")
+    print("(spearman: rank correlation of the maps as drawn; spearman_abs: of |map before ReLU|; "
+          "ssim: structural similarity; lower = the map depends more on the weights)")
+    with pd.option_context("display.width", 200):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for (method, layer), (rho, passed) in verdicts(table).items():
+        print(f"  {method:<9} {layer:<20} all randomized: spearman {rho:.3f} -> "
+              f"{'passes' if passed else 'FAILS'} (needs < {PASS_BELOW})")
+    print(f"written: {Path(run.path) / 'cam_sanity.csv'}, {Path(run.path) / 'plots' / 'cam_sanity.png'}")

@@ -25,11 +25,16 @@ RANDOM_DRAWS = 50  # random maps per image behind the random baseline's pointing
 
 
 def pointing_game(maps, boxes) -> np.ndarray:
-    """1 where a map's maximum (first one on ties) lies in its box (x0, y0, x1, y1; x1/y1 exclusive)."""
-    flat = np.asarray(maps).reshape(len(maps), -1).argmax(axis=1)
-    ys, xs = np.unravel_index(flat, np.asarray(maps).shape[1:])
+    """1 where a map's maximum (first one on ties) lies in its box (x0, y0, x1, y1; x1/y1 exclusive).
+
+    A constant map (all zeros: what the ReLU leaves of a map with no positive evidence) points
+    nowhere and counts as a miss; argmax alone would call it pixel (0, 0), a hit for any box there.
+    """
+    flat = np.asarray(maps).reshape(len(maps), -1)
+    ys, xs = np.unravel_index(flat.argmax(axis=1), np.asarray(maps).shape[1:])
     b = np.asarray(boxes)
-    return ((b[:, 0] <= xs) & (xs < b[:, 2]) & (b[:, 1] <= ys) & (ys < b[:, 3])).astype(np.float32)
+    inside = (b[:, 0] <= xs) & (xs < b[:, 2]) & (b[:, 1] <= ys) & (ys < b[:, 3])
+    return (inside & (flat.max(axis=1) > flat.min(axis=1))).astype(np.float32)
 
 
 def energy_in_box(maps, boxes) -> np.ndarray:
@@ -138,8 +143,9 @@ def _positives_with_boxes(run, limit=0, split="test"):
 def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16, split="test"):
     """Pointing game, energy in box and deletion/insertion AUCs per method and layer over the
     positive images of one split of a synthetic run (default test = MURA's `valid` folder, which
-    played no part in training or picking the epoch), plus a random-map baseline (method=random);
-    written to <run>/cam_eval.csv."""
+    played no part in training or picking the epoch), plus two random-map baselines: a random
+    value per pixel (method=random_pixel, layer "-") and per cell of each layer's grid, upsampled
+    like that layer's maps (method=random_grid); written to <run>/cam_eval.csv."""
     import pandas as pd
 
     methods = check_methods(methods)
@@ -178,12 +184,20 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
         rows += [score(method, layer, maps[layer]) for layer in layers]
     rng = np.random.default_rng(0)
 
-    def random_maps():
+    def random_pixels():
         return rng.random(x.shape[:3]).astype(np.float32)
+
+    def random_grid(grid):
+        """Random maps on a layer's grid, upsampled and scaled like a CAM of that layer: smooth
+        blobs, which delete whole regions at a time (a per-pixel order is the easiest to beat)."""
+        return lambda: normalize_maps(upsample(rng.random((len(x), *grid)).astype(np.float32), x.shape[1:3]))
 
     # One random map per image is a noisy baseline on few images (6 hits in 20 where 1.3 were
     # expected, seen), so its pointing and energy average RANDOM_DRAWS maps per image.
-    rows.append(score("random", "-", random_maps(), redraw=random_maps))
+    rows.append(score("random_pixel", "-", random_pixels(), redraw=random_pixels))
+    for layer in layers:
+        draw = random_grid(tuple(spatial_layer(run.model, layer).output.shape[1:3]))
+        rows.append(score("random_grid", layer, draw(), redraw=draw))
     table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
     with atomic_path(Path(run.path) / "cam_eval.csv") as tmp:
         table.to_csv(tmp, index=False)
