@@ -15,15 +15,28 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+# Two stamps: `make demo` installs requirements.txt only (TensorFlow-CPU, Keras, MLflow, ...);
+# `make test` adds requirements-dev.txt (JAX, PyTorch CPU, pytest, nbval, Playwright).
+# GPU=tf or GPU=jax swaps in the CUDA build (requirements-gpu-*.txt; README "GPU install").
+GPU ?=
+DEMO_STAMP := $(VENV)/.installed-demo$(if $(GPU),-gpu-$(GPU))
+
+$(DEMO_STAMP): requirements.txt constraints.txt pyproject.toml $(if $(GPU),requirements-gpu-$(GPU).txt)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=python3.x)"; exit 1; }
+	@case "$(GPU)" in ""|tf|jax) ;; *) echo "GPU=$(GPU): use GPU=tf or GPU=jax"; exit 1;; esac
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	if [ "$(GPU)" = tf ]; then $(PY) -m pip uninstall -q -y tensorflow-cpu; fi
+	if [ -n "$(GPU)" ]; then $(PY) -m pip install -q -r requirements-gpu-$(GPU).txt; fi
 	$(PY) -m pip install -q --no-deps -e .
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP) requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
-venv: $(STAMP) ## create .venv with TensorFlow-CPU, JAX, PyTorch-CPU and the test tools
+venv: $(STAMP) ## create .venv with TensorFlow-CPU, JAX, PyTorch-CPU and the test tools (GPU=tf|jax: CUDA builds)
 
 browser: ## install Debian's Chromium for the web-app browser test (system package: needs root/apt; .ci/run calls this)
 	@if command -v chromium >/dev/null; then echo "chromium present: $$(command -v chromium)"; \
@@ -32,12 +45,12 @@ browser: ## install Debian's Chromium for the web-app browser test (system packa
 		&& echo "installed $$(chromium --version)"; \
 	else echo "chromium not installed and no root apt: the browser test will be skipped with that reason"; fi
 
-$(SYNTH)/train_image_paths.csv: | $(STAMP)
+$(SYNTH)/train_image_paths.csv: | $(DEMO_STAMP)
 	$(PY) -m fracture synth --out data/synthetic --patients 300 --seed 0
 
 data: $(SYNTH)/train_image_paths.csv ## generate the synthetic MURA-format dataset in data/synthetic
 
-demo: $(STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> CAM panels in layer_outputs/
+demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> CAM panels in layer_outputs/
 	$(PY) -m fracture train --config configs/demo.yaml
 	$(PY) -m fracture evaluate --split test
 	$(PY) -m fracture cam --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam

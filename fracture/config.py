@@ -38,6 +38,9 @@ ACTIVATIONS = ("celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoi
                "tanh_shrink")
 POOLINGS = ("avg", "max")
 DATA_FORMATS = ("mura", "folders")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # keras.mixed_precision dtype policy names
+JIT_COMPILE = ("auto", "true", "false")
+DISTRIBUTIONS = ("none", "mirrored", "multiworker", "data_parallel")
 STUDY_TYPES = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one folder name: no separators, no '..'
 
@@ -82,6 +85,9 @@ class Config:
     early_stopping: int = 0  # patience in epochs on val AUC; 0 = off
     plateau_patience: int = 0  # divide the learning rate by 10 on a val-loss plateau; 0 = off
     steps_per_execution: int = 1  # >1 runs several batches per compiled call (faster on GPUs)
+    precision: str = "float32"  # "float32", "mixed_bfloat16" (A100/H100, TPU) or "mixed_float16" (older GPUs; loss scaled); the output stays float32
+    jit_compile: str = "auto"  # XLA-compile the train step: "auto" (Keras decides), "true" or "false"
+    distribution: str = "none"  # "none", "mirrored" (TF, local GPUs), "multiworker" (TF, TF_CONFIG), "data_parallel" (JAX, all devices); docs/cluster.md
     seed: int = 42  # seeds the split, the weights init and augmentation
     threshold: float | str = 0.5  # probability above which an image/study is called abnormal, or "auto": chosen on validation studies
     target_sensitivity: float = 0.0  # threshold=auto: highest threshold reaching this validation sensitivity; 0 = Youden's J
@@ -183,7 +189,8 @@ def update(cfg: Config, overrides: dict) -> Config:
 
 # key -> the names it accepts; a value is matched case-insensitively and stored as spelled here
 NAMED = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "dense_activation": ACTIVATIONS, "pooling": POOLINGS,
-         "data_format": DATA_FORMATS}
+         "data_format": DATA_FORMATS, "precision": PRECISIONS, "jit_compile": JIT_COMPILE,
+         "distribution": DISTRIBUTIONS}
 
 
 def _canonical(key: str, value):

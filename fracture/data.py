@@ -222,6 +222,7 @@ def cache_key(paths, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Key = ordered file list, each file's size and mtime, the target size, the decoder version
     and the pixel limit (a new decoder or limit decodes afresh instead of reusing old arrays)."""
     digest = hashlib.sha1(f"size={size} decoder={DECODER_VERSION} max_pixels={max_pixels}".encode())
+    digest.update(f" format={CACHE_FORMAT}".encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -232,23 +233,56 @@ def cache_key(paths, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     return digest.hexdigest()[:16]
 
 
+CACHE_FORMAT = "npy-mmap"  # part of the cache key: caches of the older .npz format are decoded afresh
+
+
 def load_images(paths, size: int, cache_dir=None,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Decode `paths` once to (N, size, size, 1) uint8 (`fracture.imageio.read_gray`, then
     `resize`); later calls read the cached array.
 
+    With a cache_dir the images are a read-only `np.memmap` of `<key>.npy`: pages are read from
+    disk when a batch indexes them, so a dataset larger than RAM trains (MURA, all seven study
+    types at 320 px, is ~3.8 GB of uint8), and decoding writes straight into that file too.
+    Without one they are an in-memory array.
+
     Returns (images, ok, skipped): `ok` marks the images that decoded, `skipped` lists the others
     with the reason. Rows stay aligned with `paths` (a failed file is a zero image with ok=False).
     """
     paths = [str(p) for p in paths]
-    cache_file = None
-    if cache_dir:
-        cache_file = Path(cache_dir) / f"{cache_key(paths, size, max_pixels)}.npz"
-        if cache_file.is_file():
-            with np.load(cache_file, allow_pickle=False) as stored:
-                images, ok = stored["images"], stored["ok"]
-            return images, ok, _skipped_frame(paths, ok, stored_reasons(cache_file))
-    images = np.zeros((len(paths), size, size, 1), np.uint8)
+    if not cache_dir:
+        images = np.zeros((len(paths), size, size, 1), np.uint8)
+        ok, reasons = _decode_into(images, paths, size, max_pixels)
+        return images, ok, _skipped_frame(paths, ok, reasons)
+    cache_file = Path(cache_dir) / f"{cache_key(paths, size, max_pixels)}.npy"
+    ok_file = cache_file.with_suffix(".ok.npy")
+    if not (cache_file.is_file() and ok_file.is_file()):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        # Decode into a private temporary file, then rename: atomic, so a killed run never leaves a
+        # half-written cache and two runs (or workers) decoding the same files cannot collide.
+        # The images file is renamed last: it is what says "this cache is complete".
+        private = f"{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = cache_file.with_name(f"{cache_file.stem}.{private}.npy")
+        try:
+            images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 1))
+            ok, reasons = _decode_into(images, paths, size, max_pixels)
+            images.flush()
+            del images  # unmap before the rename
+            tmp_ok = ok_file.with_name(f"{cache_file.stem}.{private}.ok.npy")
+            np.save(tmp_ok, ok)
+            os.replace(tmp_ok, ok_file)
+            pd.Series(reasons, dtype=str).rename_axis("path").rename("reason").to_csv(
+                cache_file.with_suffix(".skipped.csv"))
+            os.replace(tmp, cache_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+    images = np.load(cache_file, mmap_mode="r")
+    ok = np.load(ok_file)
+    return images, ok, _skipped_frame(paths, ok, stored_reasons(cache_file))
+
+
+def _decode_into(images, paths: list[str], size: int, max_pixels: int) -> tuple[np.ndarray, dict]:
+    """Fill `images` (an array or a writable memmap) row by row; (ok mask, {path: reason})."""
     ok = np.ones(len(paths), bool)
     reasons = {}
     progress = _progress(len(paths))
@@ -261,16 +295,45 @@ def load_images(paths, size: int, cache_dir=None,
             log.warning("skipping unreadable image %s: %s", path, exc)
         if progress:
             progress.update(i + 1)
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a private temporary name, then rename: atomic, so a killed run never leaves a
-        # half-written cache and two runs decoding the same files at once cannot collide.
-        tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-        np.savez(tmp, images=images, ok=ok)
-        os.replace(tmp, cache_file)
-        pd.Series(reasons, dtype=str).rename_axis("path").rename("reason").to_csv(
-            cache_file.with_suffix(".skipped.csv"))
-    return images, ok, _skipped_frame(paths, ok, reasons)
+    return ok, reasons
+
+
+class Rows:
+    """The rows `index` of a (memory-mapped) array, without copying them: `rows[idx]` reads only
+    those rows. What split_arrays returns when some files were unreadable (a boolean mask on a
+    memmap would copy the whole array into RAM)."""
+
+    def __init__(self, array, index):
+        self.array, self.index = array, np.asarray(index)
+        self.shape = (len(self.index), *array.shape[1:])
+        self.dtype, self.ndim = array.dtype, array.ndim
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):  # rows first, then the other axes
+            return self[key[0]][(slice(None), *key[1:])]
+        picked = self.index[key]
+        if np.ndim(picked) == 0:
+            return self.array[int(picked)]
+        order = np.argsort(picked, kind="stable")  # ascending reads from the memmap, then back in order
+        out = np.empty((len(picked), *self.shape[1:]), self.dtype)
+        out[order] = self.array[picked[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):  # an explicit np.asarray copies the rows, as asked
+        out = self.array[self.index]
+        return out if dtype is None else out.astype(dtype)
+
+
+def subset_rows(images, ok: np.ndarray):
+    """images[ok] without a copy of a memmap: itself when all rows are kept, else a Rows view."""
+    if ok.all():
+        return images
+    if isinstance(images, np.memmap):
+        return Rows(images, np.flatnonzero(ok))
+    return images[ok]
 
 
 def stored_reasons(cache_file: Path) -> dict:
@@ -305,7 +368,7 @@ def split_arrays(frame: pd.DataFrame, cfg) -> dict:
         images, ok, bad = load_images(part["path"], cfg.image_size, cfg.cache_dir, cfg.max_pixels)
         skipped.append(bad.assign(split=split))
         part = part[ok].reset_index(drop=True)
-        out[split] = (part, images[ok], part["label"].to_numpy(np.float32))
+        out[split] = (part, subset_rows(images, ok), part["label"].to_numpy(np.float32))
     out["skipped"] = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame()
     return out
 
@@ -313,33 +376,55 @@ def split_arrays(frame: pd.DataFrame, cfg) -> dict:
 # --------------------------------------------------------------------------------------------
 # batches (keras.utils.PyDataset: no TensorFlow needed on the JAX and PyTorch backends)
 # --------------------------------------------------------------------------------------------
-def make_batches(images, labels, batch_size: int, shuffle: bool, seed: int = 0, sample_weights=None):
+def make_batches(images, labels, batch_size: int, shuffle: bool, seed: int = 0, sample_weights=None,
+                 shard: tuple[int, int] = (0, 1), pad: bool = False):
+    """A keras.utils.PyDataset of float32 batches (images, labels[, sample_weights]).
+
+    `images` may be a memmap (or data.Rows): each batch reads only its own rows, the whole array
+    is never copied. shard=(index, count) is one worker's part of a data-parallel run: every
+    worker shuffles the same seeded order and takes every count-th image of it, so the shards
+    are disjoint and change every epoch; batch_size is then the per-worker batch, and every
+    worker yields the same number of batches (the collective steps must match).
+    pad=True (evaluation with a distribution) fills a short last batch with copies weighted 0,
+    so every batch divides over the devices and the scores are those of the real images.
+    """
     import keras
 
+    index, count = shard
+    n = len(images)
+
     class ArrayBatches(keras.utils.PyDataset):
-        """In-memory uint8 images -> float32 batches; reshuffled every epoch when training."""
+        """uint8 images -> float32 batches; reshuffled every epoch when training."""
 
         def __init__(self):
             super().__init__()
-            self.order = np.arange(len(images))
+            self.order = np.arange(n)
             self.rng = np.random.default_rng(seed)
             if shuffle:
                 self.rng.shuffle(self.order)
 
         def __len__(self):
-            return int(np.ceil(len(images) / batch_size))
+            return int(np.ceil(n / (batch_size * count))) if n else 0
 
-        def __getitem__(self, index):
-            idx = self.order[index * batch_size:(index + 1) * batch_size]
-            if shuffle and len(idx) < batch_size:
+        def __getitem__(self, position):
+            mine = self.order[index::count] if count > 1 else self.order
+            idx = mine[position * batch_size:(position + 1) * batch_size]
+            real = len(idx)
+            if (shuffle or pad) and real < batch_size:
                 # Training batches are always full, topped up from the start of this epoch's order:
                 # a short last batch has another shape, and TensorFlow would trace (compile) the
                 # whole train step a second time for it.
-                idx = np.concatenate([idx, np.resize(self.order, batch_size - len(idx))])
-            idx = np.sort(idx)
-            batch = (images[idx].astype(np.float32), labels[idx].reshape(-1, 1))
-            if sample_weights is not None:
-                batch += (sample_weights[idx],)
+                idx = np.concatenate([idx, np.resize(mine if len(mine) else self.order, batch_size - real)])
+            weights = None
+            if sample_weights is not None or pad:
+                weights = np.ones(len(idx), np.float32) if sample_weights is None else sample_weights[idx]
+                if pad:
+                    weights = np.where(np.arange(len(idx)) < real, weights, 0.0).astype(np.float32)
+            order = np.argsort(idx, kind="stable")  # ascending rows: sequential reads from a memmap
+            idx = idx[order]
+            batch = (np.asarray(images[idx], np.float32), labels[idx].reshape(-1, 1))
+            if weights is not None:
+                batch += (np.asarray(weights, np.float32)[order],)
             return batch
 
         def on_epoch_end(self):
@@ -347,3 +432,22 @@ def make_batches(images, labels, batch_size: int, shuffle: bool, seed: int = 0, 
                 self.rng.shuffle(self.order)
 
     return ArrayBatches()
+
+
+def predict_batches(images, batch_size: int):
+    """A PyDataset of float32 image batches in row order, the last one padded with copies of the
+    last image: one input shape, so predict is traced once; cut the outputs back to len(images).
+    Reads one batch of rows at a time from a memmap (prediction on MURA never holds it all)."""
+    import keras
+
+    n = len(images)
+
+    class ImageBatches(keras.utils.PyDataset):
+        def __len__(self):
+            return int(np.ceil(n / batch_size))
+
+        def __getitem__(self, position):
+            idx = np.arange(position * batch_size, (position + 1) * batch_size)
+            return (np.asarray(images[np.minimum(idx, n - 1)], np.float32),)
+
+    return ImageBatches()

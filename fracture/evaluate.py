@@ -119,8 +119,10 @@ def predict_images(model, images, batch_size: int = 16) -> np.ndarray:
         return np.zeros(0, np.float32)
     # Padded to whole batches (copies of the last image, cut off again): one input shape, so the
     # predict function is traced once per model rather than once more for a short last batch.
-    padded = np.concatenate([images, np.repeat(images[-1:], -n % batch_size, axis=0)])
-    return model.predict(padded.astype(np.float32), batch_size=batch_size, verbose=0).reshape(-1)[:n]
+    # Batches are read one at a time (a memmap cache is never copied whole into RAM).
+    from fracture.data import predict_batches
+
+    return model.predict(predict_batches(images, batch_size), verbose=0).reshape(-1)[:n]
 
 
 def predict_paths(model_or_run, paths, batch_size: int = 16, max_pixels: int | None = None) -> pd.DataFrame:

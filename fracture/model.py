@@ -247,7 +247,26 @@ def _preprocessing(x, cfg):
     return backbone_preprocess_layer(BACKBONES[cfg.backbone])(x)
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Build layers under the keras.mixed_precision policy `name`, then restore the one before:
+    the policy is stored in each layer (and in model.keras), so no global setting outlives the build."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
 def build_model(cfg) -> keras.Model:
+    """The flat model of the module doc, its layers computing in cfg.precision (variables stay
+    float32; the logit and the probability are float32, so scores and the loss keep full precision)."""
+    with dtype_policy(cfg.precision):
+        return _build_model(cfg)
+
+
+def _build_model(cfg) -> keras.Model:
     if cfg.backbone not in BACKBONES:
         raise FractureError(f"unknown backbone '{cfg.backbone}'; choose one of {', '.join(BACKBONES)}")
     weights = resolve_weights(cfg)
@@ -279,8 +298,8 @@ def build_model(cfg) -> keras.Model:
         x = keras.layers.Dense(units, activation=cfg.dense_activation, name=f"dense_{i}")(x)
         if cfg.dropout:
             x = keras.layers.Dropout(cfg.dropout, seed=cfg.seed, name=f"dropout_{i}")(x)
-    logit = keras.layers.Dense(1, name=LOGIT_LAYER)(x)
-    probability = keras.layers.Activation("sigmoid", name=OUTPUT_LAYER)(logit)
+    logit = keras.layers.Dense(1, name=LOGIT_LAYER, dtype="float32")(x)
+    probability = keras.layers.Activation("sigmoid", name=OUTPUT_LAYER, dtype="float32")(logit)
     model = keras.Model(inputs, probability, name=f"fracture_{cfg.backbone}")
     trainable, frozen = count_params(model)
     log.info("%s: %s trainable / %s frozen parameters (top %s backbone layers unfrozen)",

@@ -60,6 +60,9 @@ def class_weights(frame: pd.DataFrame) -> dict[int, float]:
     return {1: normal / total, 0: abnormal / total}
 
 
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}  # cfg.jit_compile -> compile(jit_compile=...)
+
+
 def compile_model(model, cfg) -> None:
     import keras
 
@@ -76,6 +79,8 @@ def compile_model(model, cfg) -> None:
         metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(
             name="accuracy", threshold=0.5 if cfg.threshold == "auto" else cfg.threshold)],
         steps_per_execution=cfg.steps_per_execution,
+        jit_compile=JIT_COMPILE[cfg.jit_compile],
+        # a mixed_float16 model gets a LossScaleOptimizer here (Keras: auto_scale_loss=True, the default)
     )
 
 
@@ -115,9 +120,10 @@ def train(cfg) -> Path:
     frame = preflight.check(cfg)  # before Keras is imported and before any folder exists
     import keras
 
-    from fracture import fileio, resume
+    from fracture import distribute, fileio, resume
     from fracture.model import build_model
 
+    dist = distribute.setup(cfg)  # first: a multi-worker strategy must exist before any TensorFlow op
     keras.utils.set_random_seed(cfg.seed)
     run_dir = new_run_dir(cfg)
     cfg = dataclasses.replace(cfg, run_name=run_dir.name)  # the caller's cfg stays as it was
@@ -129,7 +135,15 @@ def train(cfg) -> Path:
     if state is not None:
         resume.check_same_config(run_dir, cfg)
     # Before the folder exists: a weights download that fails (offline) leaves nothing behind.
-    model = build_model(cfg)
+    with dist.scope():
+        model = build_model(cfg)
+    if not dist.is_chief:  # writes checkpoints to a temporary folder; the chief writes the run
+        try:
+            _fit_and_evaluate(cfg, dist.work_dir(run_dir), frame, model, None, dist)
+        finally:
+            dist.close()
+        log.info("worker %d done; the chief writes %s", dist.worker_index, run_dir)
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     fileio.remove_partials(run_dir)
     cfg.to_yaml(run_dir / "config.yaml")
@@ -137,7 +151,7 @@ def train(cfg) -> Path:
 
     tracker = tracking.start(cfg, run_dir, frame) if cfg.mlflow else None  # None: off or unreachable
     try:
-        metrics, best = _fit_and_evaluate(cfg, run_dir, frame, model, tracker)
+        metrics, best = _fit_and_evaluate(cfg, run_dir, frame, model, tracker, dist)
     except BaseException as exc:  # the MLflow run ends FAILED (KILLED on Ctrl-C); the error goes on
         if tracker is not None:
             tracker.fail(exc)
@@ -148,7 +162,7 @@ def train(cfg) -> Path:
     return run_dir
 
 
-def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, model, tracker) -> tuple[dict, object]:
+def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, model, tracker, dist=None) -> tuple[dict, object]:
     """Decode, fit (or resume), evaluate: writes every run-folder file but config.yaml; returns (metrics, best model)."""
     from fracture import fileio
 
@@ -163,13 +177,17 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, model, tracker) -
             raise DataError(f"no readable '{needed}' images in {cfg.data_dir}")
     train_frame, x_train, y_train = arrays["train"]
     weights = class_weights(train_frame) if cfg.class_weighting else {0: 1.0, 1: 1.0}
-    state = _fit(cfg, run_dir, model, arrays, weights, tracker)
+    state = _fit(cfg, run_dir, model, arrays, weights, tracker, dist)
+    if dist is not None and not dist.is_chief:
+        return {}, None  # the chief alone evaluates and writes the run folder
     return _finish(cfg, run_dir, arrays, skipped, weights, state)
 
 
-def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker) -> dict:
+def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker, dist=None) -> dict:
     """Train the epochs not yet committed; returns the final committed state (see fracture/resume.py)."""
-    from fracture import resume
+    from fracture import distribute, resume
+
+    dist = dist or distribute.Setup()
 
     state = resume.latest_state(run_dir)
     if resume.training_done(state, cfg.epochs):
@@ -180,16 +198,22 @@ def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker) -> dic
     _, x_train, y_train = arrays["train"]
     _, x_val, y_val = arrays["val"]
     sample_weights = np.where(y_train == 1, weights[1], weights[0]).astype(np.float32)
-    train_batches = data_lib.make_batches(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                          sample_weights=sample_weights)
-    val_batches = data_lib.make_batches(x_val, y_val, cfg.batch_size, shuffle=False)
+    # Each worker reads its own shard, batch_size / workers images a step (batch_size is global);
+    # with a distribution, a short validation batch is padded (weight 0) so it divides over devices.
+    batch, spread = dist.worker_batch(cfg.batch_size), dist.kind != "none"
+    train_batches = data_lib.make_batches(x_train, y_train, batch, shuffle=True, seed=cfg.seed,
+                                          sample_weights=sample_weights, shard=dist.shard)
+    val_batches = data_lib.make_batches(x_val, y_val, batch, shuffle=False, shard=dist.val_shard, pad=spread)
 
-    compile_model(model, cfg)
-    callbacks = make_callbacks(cfg, run_dir)
-    backup = callbacks[-1]
-    if tracker is not None:
-        callbacks.append(tracker.callback())
-    model.fit(train_batches, validation_data=val_batches, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    with dist.scope():
+        compile_model(model, cfg)
+        callbacks = make_callbacks(cfg, run_dir)
+        backup = callbacks[-1]
+        if tracker is not None:
+            callbacks.append(tracker.callback())
+        dist.prepare(model, train_batches)
+        model.fit(dist.dataset(train_batches, cfg.batch_size), validation_data=dist.dataset(val_batches, cfg.batch_size),
+                  epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     return backup.state
 
 
