@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -129,12 +128,9 @@ def build(runs, tta: str = "none", threshold: str | float | None = None, name: s
             frame.to_csv(tmp, index=False)
     if "test" in metrics:  # chosen on nothing but val: this is the one final test report of the ensemble
         metrics["test"].update(final=True, evaluated=datetime.now().isoformat(timespec="seconds"), evaluations=1)
-    plot_split = "test" if "test" in metrics else "val"
-    with warnings.catch_warnings():  # the empty training-curves figure warns about its empty legend
-        warnings.simplefilter("ignore", UserWarning)
-        save_plots(pd.DataFrame({"epoch": []}), frames[plot_split], metrics[plot_split], out_dir / "plots", value,
-                   plot_split)
-    (out_dir / "plots" / "curves.png").unlink(missing_ok=True)  # no training curves: an ensemble is not trained
+    for split, frame in frames.items():  # no training curves: an ensemble is not trained
+        if split in metrics:
+            save_plots(None, frame, metrics[split], out_dir / "plots", value, split)
     cfg.to_yaml(out_dir / "config.yaml")
     fileio.atomic_write_text(out_dir / "ensemble.json", json.dumps({
         "members": [{"name": n, "path": str(r.path.resolve()), "image_size": r.config.image_size,

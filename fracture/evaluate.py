@@ -219,17 +219,19 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
             frame.to_csv(tmp, index=False)
         atomic_write_text(run.path / "metrics.json", json.dumps(stored, indent=2))
         run.metrics = stored
+        save_plots(None, frame, scores, run.path / "plots", threshold, split)
         from fracture import tracking
 
-        tracking.log_evaluation(run.path, stored, split, [run.path / f"predictions_{split}.csv",
-                                                          run.path / "metrics.json"])
+        if tracking.log_evaluation(run.path, stored, split, [run.path / f"predictions_{split}.csv",
+                                                             run.path / "metrics.json"]):
+            tracking.log_artifacts(run.path, [run.path / "plots" / split], artifact_path="plots")
     return scores
 
 
 # --------------------------------------------------------------------------------------------
 # plots (in fracture/plots.py; this name stays for the callers that import it from here)
 # --------------------------------------------------------------------------------------------
-def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict | None, out_dir, threshold: float,
+def save_plots(history: pd.DataFrame | None, frame: pd.DataFrame, scores: dict | None, out_dir, threshold: float,
                split: str = "test", best_epoch: int | None = None) -> list[Path]:
     """The run's figures as PNG files: see `fracture.plots.save_plots`."""
     from fracture import plots

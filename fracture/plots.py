@@ -22,8 +22,8 @@ DPI = 150  # saved resolution: 150 reads well on screen and in a draft; pass dpi
 FONT_SIZE = 10  # points; with the figure sizes below, legible at one column of a paper (~3.5 in)
 # one colour per level in every figure (passed as curve_kwargs: scikit-learn >= 1.7)
 LEVEL_STYLE = {"image": dict(color="tab:blue"), "study": dict(color="tab:orange")}
-FILES = {  # save_plots: file name -> what it shows
-    "curves.png": "loss, AUC, accuracy and learning rate per epoch, best epoch marked",
+CURVES = "curves.png"  # save_plots: in plots/ (one per run): loss, AUC, accuracy, learning rate, best epoch
+FILES = {  # save_plots: in plots/<split>/ (val by train, test by evaluate): file name -> what it shows
     "roc.png": "ROC at image and study level with the operating point",
     "precision_recall.png": "precision-recall at image and study level with the operating point",
     "calibration.png": "reliability diagram and the histogram of predicted probabilities",
@@ -271,16 +271,19 @@ def confusion_matrices(frame: pd.DataFrame, threshold: float, split: str = "test
 # --------------------------------------------------------------------------------------------
 # all of them
 # --------------------------------------------------------------------------------------------
-def save_plots(history: pd.DataFrame, frame: pd.DataFrame, scores: dict | None, out_dir, threshold: float,
+def save_plots(history: pd.DataFrame | None, frame: pd.DataFrame, scores: dict | None, out_dir, threshold: float,
                split: str = "test", best_epoch: int | None = None, dpi: int = DPI) -> list[Path]:
-    """Every figure of `FILES` as PNG in out_dir; `scores` is accepted for the old signature and
-    unused (the figures compute what they show from `frame`)."""
+    """The run's figures as PNG: `curves.png` in out_dir (skipped when history is None: an ensemble
+    or a re-evaluation), and the split's figures of `FILES` in out_dir/<split>/, so val (written by
+    train, used for selection) and test (written once by evaluate) never overwrite each other.
+    `scores` is accepted for the old signature and unused (the figures compute from `frame`)."""
     out_dir = Path(out_dir)
     figures = {
-        "curves.png": lambda: training_curves(history, best_epoch),
-        "roc.png": lambda: roc(frame, threshold, split),
-        "precision_recall.png": lambda: precision_recall(frame, threshold, split),
-        "calibration.png": lambda: calibration(frame, split, threshold=threshold),
-        "confusion_matrix.png": lambda: confusion_matrices(frame, threshold, split),
+        out_dir / split / "roc.png": lambda: roc(frame, threshold, split),
+        out_dir / split / "precision_recall.png": lambda: precision_recall(frame, threshold, split),
+        out_dir / split / "calibration.png": lambda: calibration(frame, split, threshold=threshold),
+        out_dir / split / "confusion_matrix.png": lambda: confusion_matrices(frame, threshold, split),
     }
-    return [save_figure(make(), out_dir / name, dpi) for name, make in figures.items()]
+    if history is not None:
+        figures = {out_dir / CURVES: lambda: training_curves(history, best_epoch), **figures}
+    return [save_figure(make(), path, dpi) for path, make in figures.items()]

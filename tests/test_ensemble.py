@@ -41,7 +41,7 @@ def test_ensemble_is_the_mean_of_its_members(trained_run, second_run, tmp_path, 
     printed = capsys.readouterr().out
     assert "val (selection)" in printed and "test (final, held out)" in printed
     for name in ("ensemble.json", "config.yaml", "metrics.json", "predictions_val.csv", "predictions_test.csv",
-                 "plots/roc.png", "plots/confusion_matrix.png", "complete.json"):
+                 "plots/val/roc.png", "plots/test/confusion_matrix.png", "complete.json"):
         assert (out_dir / name).is_file(), name
 
     table = pd.read_csv(out_dir / "predictions_val.csv")

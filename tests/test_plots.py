@@ -47,7 +47,8 @@ def test_save_plots_writes_every_figure_at_its_size(tmp_path, history, frame):
     # width x height in pixels at 100 dpi: the figure sizes in inches, times 100
     expected = {"curves.png": (840, 600), "roc.png": (500, 500), "precision_recall.png": (500, 500),
                 "calibration.png": (500, 620), "confusion_matrix.png": (840, 400)}
-    assert [p.name for p in written] == list(expected)
+    assert [p.relative_to(tmp_path).as_posix() for p in written] == [
+        "curves.png", *(f"val/{name}" for name in list(expected)[1:])]
     for path in written:
         assert path.stat().st_size > 5000, path.name  # a drawn figure, not an empty canvas
         image = cv2.imread(str(path))
@@ -60,7 +61,9 @@ def test_evaluate_save_plots_is_the_same_entry_point(tmp_path, history, frame):
     from fracture.evaluate import save_plots
 
     written = save_plots(history, frame, {"image": {}}, tmp_path, 0.5, "test", best_epoch=2)
-    assert {p.name for p in written} == set(plots.FILES) and all(p.is_file() for p in written)
+    assert {p.name for p in written} == {plots.CURVES, *plots.FILES} and all(p.is_file() for p in written)
+    again = save_plots(None, frame, None, tmp_path, 0.5, "val")  # a re-evaluation: no curves, its own folder
+    assert {p.relative_to(tmp_path).as_posix() for p in again} == {f"val/{name}" for name in plots.FILES}
 
 
 def _marker(ax, prefix):

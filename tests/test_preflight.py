@@ -85,4 +85,4 @@ def test_study_type_without_valid_images_trains_and_skips_test(synth_root, tmp_p
     run_dir = fr.train(tiny_config(tmp_path, root, run_name="no-valid", backbone="VGG16"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "test" not in metrics and metrics["val"]["study"]["n"] > 0
-    assert (run_dir / "plots" / "roc.png").is_file() and not (run_dir / "predictions_test.csv").exists()
+    assert (run_dir / "plots" / "val" / "roc.png").is_file() and not (run_dir / "predictions_test.csv").exists()

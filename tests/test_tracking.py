@@ -31,10 +31,11 @@ pytestmark = pytest.mark.slow
 
 EPOCH_METRICS = ["loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy", "learning_rate"]
 RUN_ARTIFACTS = ["config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_test.csv",
-                 "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png", "model/MLmodel",
+                 "plots/curves.png", "plots/val/roc.png", "plots/val/confusion_matrix.png", "plots/test/roc.png",
+                 "model/MLmodel",
                  "model/data/model.keras"]
 RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_val.csv",
-             "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png"]
+             "plots/curves.png", "plots/val/roc.png", "plots/val/confusion_matrix.png"]
 
 
 def artifact_paths(client, run_id, path=None) -> set[str]:

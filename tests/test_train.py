@@ -15,8 +15,8 @@ from fracture.train import class_weights
 from tests.conftest import BROKEN, tiny_config, train_keeping_the_model
 
 RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_val.csv",
-             "predictions_test.csv", "plots/curves.png", "plots/roc.png", "plots/confusion_matrix.png",
-             "plots/precision_recall.png", "plots/calibration.png", "complete.json"]
+             "predictions_test.csv", "plots/curves.png", "plots/val/roc.png", "plots/val/confusion_matrix.png",
+             "plots/val/precision_recall.png", "plots/val/calibration.png", "plots/test/roc.png", "complete.json"]
 
 
 def test_train_selects_on_validation_and_leaves_test_alone(trained_alone):
