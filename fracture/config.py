@@ -82,6 +82,7 @@ class Config:
     early_stopping: int = 0  # patience in epochs on val AUC; 0 = off
     plateau_patience: int = 0  # divide the learning rate by 10 on a val-loss plateau; 0 = off
     steps_per_execution: int = 1  # >1 runs several batches per compiled call (faster on GPUs)
+    verbose: str = "auto"  # Keras fit output: "auto" = progress bar in a terminal or notebook, one line per epoch in logs; or 0, 1, 2
     seed: int = 42  # seeds the split, the weights init and augmentation
     threshold: float = 0.5  # probability above which an image/study is called abnormal
     # --- outputs ----------------------------------------------------------------------------
@@ -253,6 +254,7 @@ def validate(cfg: Config) -> None:
         (cfg.trainable_layers >= -1, "trainable_layers must be -1 (all) or a count >= 0"),
         (0.0 <= cfg.batchnorm_momentum < 1.0, "batchnorm_momentum must be in [0, 1)"),
         (cfg.steps_per_execution >= 1, "steps_per_execution must be at least 1"),
+        (cfg.verbose in ("auto", "0", "1", "2"), "verbose must be auto, 0, 1 or 2"),
     ]
     for ok, message in checks:
         if not ok:

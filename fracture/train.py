@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -47,6 +48,14 @@ def new_run_dir(cfg) -> Path:
         n += 1
         run_dir = Path(cfg.runs_dir) / f"{stem}-{n}"
     return run_dir
+
+
+def fit_verbosity(verbose: str) -> int:
+    """Config.verbose -> Keras's: "auto" is the progress bar (1) where someone watches (a terminal or
+    a Jupyter kernel) and one line per epoch (2) where output goes to a log file or CI."""
+    if verbose != "auto":
+        return int(verbose)
+    return 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
 
 
 def class_weights(frame: pd.DataFrame) -> dict[int, float]:
@@ -185,7 +194,8 @@ def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker) -> dic
     backup = callbacks[-1]
     if tracker is not None:
         callbacks.append(tracker.callback())
-    model.fit(train_batches, validation_data=val_batches, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    model.fit(train_batches, validation_data=val_batches, epochs=cfg.epochs, callbacks=callbacks,
+              verbose=fit_verbosity(cfg.verbose))
     return backup.state
 
 

@@ -169,3 +169,20 @@ def test_adam_takes_the_learning_rate_and_ignores_momentum():
 
 def without_name(settings: dict) -> dict:
     return {key: value for key, value in settings.items() if key != "name"}  # adam, adam_1, ...
+
+
+def test_fit_verbosity_from_config(monkeypatch):
+    import sys
+
+    from fracture.config import ConfigError, load
+    from fracture.train import fit_verbosity
+
+    assert [fit_verbosity(v) for v in ("0", "1", "2")] == [0, 1, 2]
+    assert load(overrides={"verbose": 2}).verbose == "2"
+    with pytest.raises(ConfigError, match="verbose must be auto, 0, 1 or 2"):
+        load(overrides={"verbose": "loud"})
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert fit_verbosity("auto") == 2  # a log file or CI: one line per epoch
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)
+    assert fit_verbosity("auto") == 1  # a Jupyter kernel: Keras's progress bar
