@@ -76,6 +76,22 @@ def config(profile_name: str = "full", config_file: str = "configs/demo.yaml", *
     return resolve_paths(cfg)
 
 
+def settings(cfg: config_lib.Config, *keys: str) -> dict:
+    """Some of cfg's values for display, its folders shown relative to the repository root."""
+    base = root()
+    shown = {key: getattr(cfg, key) for key in keys}
+    for key in set(keys) & set(PATH_KEYS):
+        path = Path(shown[key])
+        shown[key] = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+    return shown
+
+
+def relative_paths(frame, column: str = "path"):
+    """A copy of a table with its file paths shown relative to the repository root."""
+    base = str(root()) + os.sep
+    return frame.assign(**{column: frame[column].astype(str).str.removeprefix(base)})
+
+
 def ensure_smoke_data() -> None:
     if not (root() / SMOKE_DATA / "MURA-v1.1" / "train_image_paths.csv").is_file():
         from fracture.synth import generate

@@ -64,8 +64,8 @@ from fracture.train import class_weights
 cfg = nb.config(profile, config_file, data_dir=data_dir, image_size=image_size, epochs=epochs,
                 batch_size=batch_size, run_name=run_name, verbose=verbose)
 print("profile:", nb.profile(profile))
-{key: getattr(cfg, key) for key in ("data_dir", "backbone", "weights", "image_size", "batch_size", "epochs",
-                                    "optimizer", "learning_rate", "trainable_layers")}
+nb.settings(cfg, "data_dir", "backbone", "weights", "image_size", "batch_size", "epochs", "optimizer",
+            "learning_rate", "trainable_layers")
 
 # %% [markdown]
 # ## Data

@@ -74,7 +74,7 @@ paths = fr.load_index(loaded.config).query("split == 'test'")["path"].head(4).to
 print(len(paths), "images")
 
 # %% tags=["nbval-ignore-output"]
-fr.predict_paths(loaded, paths)
+nb.relative_paths(fr.predict_paths(loaded, paths))
 
 # %% [markdown]
 # ## Study level
@@ -86,7 +86,7 @@ fr.predict_paths(loaded, paths)
 test = nb.predictions(loaded)
 study = test.groupby("study").size().idxmax()
 images_of_study = test[test["study"] == study]
-display(images_of_study[["path", "label", "probability"]])
+display(nb.relative_paths(images_of_study)[["path", "label", "probability"]])
 fr.study_level(images_of_study)
 
 # %% [markdown]
