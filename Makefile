@@ -32,7 +32,13 @@ $(DEMO_STAMP): requirements.txt constraints.txt pyproject.toml $(if $(GPU),requi
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(DEMO_STAMP)
 
+# PyTorch's CPU build comes from PyTorch's own index (PyPI's Linux wheel is the CUDA one), asked
+# for torch alone (--no-deps: one lookup there; its small dependencies come from PyPI next).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
+
 $(STAMP): $(DEMO_STAMP) requirements-dev.txt
+	$(PY) -m pip install -q --no-deps "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX)
 	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
@@ -59,14 +65,24 @@ test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browse
 	$(PY) -m pytest tests -q
 	KERAS_BACKEND=jax $(PY) -m pytest tests -q -m backend
 	KERAS_BACKEND=torch $(PY) -m pytest tests -q -m backend
-	FRACTURE_NOTEBOOK_PROFILE=smoke $(PY) -m pytest --nbval notebooks -q --nbval-sanitize-with notebooks/sanitize.cfg
+	$(PY) -m pytest --nbval notebooks -q
 
-# The notebooks use the kernel "python3", which ipykernel in .venv provides on any machine.
-notebooks: $(STAMP) ## rebuild the notebooks from tools/build_notebooks.py, execute them (smoke profile), save outputs
-	$(PY) tools/build_notebooks.py
-	for nb in notebooks/*.ipynb; do \
-		FRACTURE_NOTEBOOK_PROFILE=smoke $(VENV)/bin/jupyter execute --inplace --timeout=900 \
-			--kernel_name=python3 $$nb || exit 1; done
+kernel: $(STAMP) ## register this .venv's Python as the Jupyter kernel "fracture" (the notebooks' kernel)
+	$(PY) -m ipykernel install --sys-prefix --name fracture --display-name "Python (fracture)"
+
+lab: kernel ## JupyterLab on notebooks/ (edit the .ipynb or its paired .py: jupytext keeps both in step)
+	$(VENV)/bin/jupyter lab notebooks
+
+# The stored outputs come from the full profile: the demo recipe's run (make demo first).
+notebooks: kernel ## take edits from each notebook's .py, then execute them in place in the full profile (reuses make demo's run)
+	$(VENV)/bin/jupytext --sync notebooks/[0-9]*.py
+	for nb in notebooks/[0-9]*.ipynb; do \
+		$(VENV)/bin/jupyter execute --inplace --timeout=3600 $$nb || exit 1; done
+
+notebooks-smoke: $(STAMP) ## run the notebooks with papermill -p profile smoke into a temp folder (~3 min; stored outputs untouched)
+	out=$$(mktemp -d); for nb in notebooks/[0-9]*.ipynb; do \
+		$(VENV)/bin/papermill -k python3 -p profile smoke --cwd notebooks $$nb $$out/$$(basename $$nb) || exit 1; done; \
+	echo "executed notebooks in $$out"
 
 benchmarks: $(STAMP) data ## throughput and CAM-cost benchmarks (results in docs/benchmarks.md)
 	$(PY) benchmarks/throughput.py
@@ -84,4 +100,4 @@ clean-runs: ## remove every trained run and the MLflow store (asks first; FORCE=
 		[ "$$answer" = y ] || [ "$$answer" = Y ] || { echo "kept them"; exit 1; }; fi
 	rm -rf saved_models/*/ mlruns mlflow.db
 
-.PHONY: help venv browser data demo test notebooks benchmarks mlflow-ui clean clean-runs
+.PHONY: help venv browser data demo test kernel lab notebooks notebooks-smoke benchmarks mlflow-ui clean clean-runs

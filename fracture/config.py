@@ -88,6 +88,7 @@ class Config:
     precision: str = "float32"  # "float32", "mixed_bfloat16" (A100/H100, TPU) or "mixed_float16" (older GPUs; loss scaled); the output stays float32
     jit_compile: str = "auto"  # XLA-compile the train step: "auto" (Keras decides), "true" or "false"
     distribution: str = "none"  # "none", "mirrored" (TF, local GPUs), "multiworker" (TF, TF_CONFIG), "data_parallel" (JAX, all devices); docs/cluster.md
+    verbose: str = "auto"  # Keras fit output: "auto" = progress bar in a terminal or notebook, one line per epoch in logs; or 0, 1, 2
     seed: int = 42  # seeds the split, the weights init and augmentation
     threshold: float | str = 0.5  # probability above which an image/study is called abnormal, or "auto": chosen on validation studies
     target_sensitivity: float = 0.0  # threshold=auto: highest threshold reaching this validation sensitivity; 0 = Youden's J
@@ -270,6 +271,7 @@ def validate(cfg: Config) -> None:
         (cfg.trainable_layers >= -1, "trainable_layers must be -1 (all) or a count >= 0"),
         (0.0 <= cfg.batchnorm_momentum < 1.0, "batchnorm_momentum must be in [0, 1)"),
         (cfg.steps_per_execution >= 1, "steps_per_execution must be at least 1"),
+        (cfg.verbose in ("auto", "0", "1", "2"), "verbose must be auto, 0, 1 or 2"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,107 +1,269 @@
-"""What the notebooks call besides the core API: the run profile and a few figures.
+"""What the notebooks call besides the core API: profiles, the repository's paths, reusing a run,
+and figures. The notebooks stay thin: every step that needs more than a call or two lives here.
 
-The notebooks' first cell (tagged `parameters`) holds the real recipe. Setting
-`FRACTURE_NOTEBOOK_PROFILE=smoke` swaps in a tiny synthetic configuration (CI, `make notebooks`)
-without editing any cell.
+Profiles (the notebooks' `profile` parameter):
+    "full"   the demo recipe (configs/demo.yaml) on data/synthetic, or any config file you name;
+             the train notebook reuses the newest complete run of exactly that recipe if one exists
+    "smoke"  a 48-px, 2-epoch model on a tiny synthetic set: checks that every cell runs (CI)
+FRACTURE_NOTEBOOK_PROFILE, when set, wins over the cell's value: that is how
+`pytest --nbval notebooks/` replays the stored (full-profile) notebooks in the smoke profile
+(notebooks/conftest.py sets it).
+
+No global state: nothing here changes the working directory, the environment or matplotlib's
+backend. Jupyter starts a kernel in notebooks/, so paths from the notebooks and from run configs
+are resolved against the repository root explicitly (`root()`), and figures are `Figure` objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
-import keras  # noqa: F401  imported here so the backend's start-up log lines land in the (unchecked) setup cell
 import numpy as np
 
 from fracture import config as config_lib
-
-# Jupyter starts kernels in notebooks/; the notebooks' paths (data/, saved_models/, layer_outputs/)
-# mean the repository's folders, so work from the repository root.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if (REPO_ROOT / "notebooks").is_dir():
-    os.chdir(REPO_ROOT)
+from fracture.errors import ConfigError
 
 PROFILE_ENV = "FRACTURE_NOTEBOOK_PROFILE"
+PROFILES = ("full", "smoke")
 SMOKE_DATA = "data/synthetic-smoke"
-SMOKE_RUNS = "saved_models/smoke"
 # Small enough that all three notebooks run in a few minutes on 2 CPU cores.
 SMOKE = dict(data_dir=f"{SMOKE_DATA}/MURA-v1.1", weights="none", image_size=48, epochs=2, batch_size=8,
-             trainable_layers=-1, learning_rate=1e-3, dense_units=[32, 16, 8], runs_dir=SMOKE_RUNS,
+             trainable_layers=-1, learning_rate=1e-3, dense_units=[32, 16, 8], runs_dir="saved_models/smoke",
              run_name="notebook", mlflow=False)
+PATH_KEYS = ("data_dir", "cache_dir", "runs_dir")
+# Keys that name or file a run but do not change what it learns: ignored when looking for a run to reuse.
+BOOKKEEPING = ("run_name", "runs_dir", "cache_dir", "mlflow", "mlflow_experiment", "verbose")
 
 
-def profile() -> str:
-    return os.environ.get(PROFILE_ENV, "full").strip().lower() or "full"
+def root() -> Path:
+    """The repository root: the nearest folder up from the working directory holding
+    pyproject.toml and notebooks/ (Jupyter runs kernels in notebooks/; the CLI runs at the root)."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return here
 
 
-def config(params: dict) -> config_lib.Config:
-    """The notebook's parameters, with the smoke profile applied when selected."""
-    name = profile()
-    if name not in ("full", "smoke"):
-        raise config_lib.ConfigError(f"{PROFILE_ENV} must be 'full' or 'smoke', not '{name}'")
-    params = {k: v for k, v in params.items() if k != "run"}
-    if name == "smoke":
-        params.update(SMOKE)
-        if not (Path(SMOKE_DATA) / "MURA-v1.1" / "train_image_paths.csv").is_file():
-            from fracture.synth import generate
-
-            generate(SMOKE_DATA, patients=24, seed=0, max_size=128, min_size=96)
-    return config_lib.load(overrides=params)
+def profile(name: str = "full") -> str:
+    """The active profile: FRACTURE_NOTEBOOK_PROFILE when set, else `name` (the cell's parameter)."""
+    chosen = (os.environ.get(PROFILE_ENV) or name or "full").strip().lower()
+    if chosen not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, not '{chosen}' "
+                          f"(the notebook's `profile` parameter or {PROFILE_ENV})")
+    return chosen
 
 
-def fresh_run(cfg) -> None:
-    """Smoke profile only: drop the previous smoke run so the train notebook can re-run."""
-    if profile() == "smoke":
+def resolve_paths(cfg: config_lib.Config) -> config_lib.Config:
+    """`cfg` with its relative data/cache/runs folders made absolute against the repository root."""
+    base = root()
+    return dataclasses.replace(cfg, **{key: str(base / getattr(cfg, key)) for key in PATH_KEYS
+                                       if not Path(getattr(cfg, key)).is_absolute()})
+
+
+def config(profile_name: str = "full", config_file: str = "configs/demo.yaml", **params) -> config_lib.Config:
+    """The notebook's Config: the profile's base (the config file, or the smoke settings), then every
+    parameter that is not None; paths resolved against the repository root."""
+    params = {key: value for key, value in params.items() if value is not None and value != ""}  # unset
+    if profile(profile_name) == "smoke":
+        ensure_smoke_data()
+        cfg = config_lib.load(overrides={**SMOKE, **params})
+    else:
+        cfg = config_lib.load(root() / config_file if config_file else None, overrides=params)
+    return resolve_paths(cfg)
+
+
+def settings(cfg: config_lib.Config, *keys: str) -> dict:
+    """Some of cfg's values for display, its folders shown relative to the repository root."""
+    base = root()
+    shown = {key: getattr(cfg, key) for key in keys}
+    for key in set(keys) & set(PATH_KEYS):
+        path = Path(shown[key])
+        shown[key] = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+    return shown
+
+
+def relative_paths(frame, column: str = "path"):
+    """A copy of a table with its file paths shown relative to the repository root."""
+    base = str(root()) + os.sep
+    return frame.assign(**{column: frame[column].astype(str).str.removeprefix(base)})
+
+
+def ensure_smoke_data() -> None:
+    if not (root() / SMOKE_DATA / "MURA-v1.1" / "train_image_paths.csv").is_file():
+        from fracture.synth import generate
+
+        generate(root() / SMOKE_DATA, patients=24, seed=0, max_size=128, min_size=96)
+
+
+def recipe(cfg: config_lib.Config) -> dict:
+    """What a run learns from: the config without its bookkeeping keys, paths absolute."""
+    values = resolve_paths(cfg).to_dict()
+    return {key: value for key, value in values.items() if key not in BOOKKEEPING}
+
+
+def reusable_run(cfg: config_lib.Config) -> Path | None:
+    """The newest complete run in cfg.runs_dir trained with exactly this recipe, or None."""
+    from fracture import resume
+    from fracture.model import _completed_at
+
+    wanted, found = recipe(cfg), []
+    for folder in sorted(Path(cfg.runs_dir).glob("*")):
+        if (folder / "config.yaml").is_file() and resume.is_complete(folder) and (folder / "model.keras").is_file():
+            try:
+                stored = config_lib.load(folder / "config.yaml", stored=True)
+            except ConfigError:
+                continue
+            if recipe(stored) == wanted:
+                found.append(folder)
+    return max(found, key=_completed_at) if found else None
+
+
+def train_or_reuse(cfg: config_lib.Config, reuse: bool = True) -> tuple[Path, bool]:
+    """(run folder, reused?). The smoke profile always trains afresh (replacing its last run); the
+    full profile reuses a complete run of the same recipe when `reuse`, else trains a new one."""
+    from fracture.train import train
+
+    if cfg.run_name == SMOKE["run_name"] and Path(cfg.runs_dir).name == "smoke":
         shutil.rmtree(Path(cfg.runs_dir) / cfg.run_name, ignore_errors=True)
+    elif reuse:
+        found = reusable_run(cfg)
+        if found is not None:
+            return found, True
+    return train(cfg), False
 
 
-def run_path(params: dict) -> Path:
-    """The run the load/visualize notebooks use: params['run'] (empty = newest in saved_models/);
-    with the smoke profile, the train notebook's smoke run (trained here if missing)."""
-    from fracture.model import find_run
+def find_run(run: str = "", profile_name: str = "full") -> Path:
+    """The run the notebooks use: `run` (a folder) when given; else the newest complete run in
+    saved_models/, or in the smoke profile the train notebook's smoke run (trained here if missing)."""
+    from fracture.model import find_run as find
 
-    if profile() == "smoke":
-        cfg = config({})  # the smoke run's config; the notebook's other params are not Config keys
+    if run and not Path(run).is_absolute():
+        run = str(root() / run)
+    if not run and profile(profile_name) == "smoke":
+        cfg = config("smoke")
         path = Path(cfg.runs_dir) / cfg.run_name
         if not (path / "model.keras").is_file():
-            from fracture.train import train
-
-            fresh_run(cfg)
-            train(cfg)
+            train_or_reuse(cfg)
         return path
-    return find_run(params.get("run") or None)
+    return find(run or None, runs_dir=root() / "saved_models")
 
 
-def show_samples(frame, cfg, n: int = 8, seed: int = 0):
-    """A row of training images with their labels and patients."""
-    import matplotlib.pyplot as plt
+def load_run(run: str = "", profile_name: str = "full"):
+    """fracture.load_run on `find_run(...)`, its config's paths resolved against the repository root."""
+    from fracture.model import load_run as load
+
+    loaded = load(find_run(run, profile_name))
+    return dataclasses.replace(loaded, config=resolve_paths(loaded.config))
+
+
+def predictions(run, split: str = "test"):
+    """The run's stored per-image predictions of `split` (label, probability, study, ...)."""
+    import pandas as pd
+
+    return pd.read_csv(Path(run.path) / f"predictions_{split}.csv")
+
+
+# --------------------------------------------------------------------------------------------
+# figures (Figure objects: Jupyter shows one returned as a cell's last value)
+# TODO(figures helper): switch these to fracture/plots.py once it lands.
+# --------------------------------------------------------------------------------------------
+def _figure(width: float, height: float, cols: int = 1, rows: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(rows, cols))
+
+
+def samples_figure(frame, n: int = 8, seed: int = 0):
+    """A row of training images, half normal, half abnormal, titled with label and patient."""
     import pandas as pd
 
     from fracture.imageio import read_gray
 
     train = frame[frame["split"] == "train"]
-    picks = pd.concat([train[train["label"] == label].sample(min(n // 2, int((train["label"] == label).sum())),
-                                                                random_state=seed) for label in (0, 1)])
-    fig, axes = plt.subplots(1, len(picks), figsize=(2 * len(picks), 2.6))
-    for ax, row in zip(np.atleast_1d(axes), picks.itertuples()):
+    picks = pd.concat([part.sample(min(n // 2, len(part)), random_state=seed)
+                       for _, part in train.groupby("label")])
+    fig, axes = _figure(2 * len(picks), 2.6, cols=len(picks))
+    for ax, row in zip(axes, picks.itertuples()):
         ax.imshow(read_gray(row.path), cmap="gray")
         ax.set_title(f"{'abnormal' if row.label else 'normal'}\n{row.patient}", fontsize=8)
-        ax.axis("off")
-    plt.show()
+        ax.set_axis_off()
+    return fig
 
 
-def show_pngs(paths, width: float = 4.5):
-    """Show saved PNG files (run plots, CAM panels) side by side."""
-    import matplotlib.pyplot as plt
+def curves_figure(run_dir):
+    """Loss and AUC per epoch from the run's history.csv: training solid, validation dashed."""
+    import pandas as pd
+    from matplotlib.ticker import MaxNLocator
 
-    paths = [Path(p) for p in paths]
-    fig, axes = plt.subplots(1, len(paths), figsize=(width * len(paths), width))
-    for ax, path in zip(np.atleast_1d(axes), paths):
-        ax.imshow(plt.imread(path))
-        ax.set_title(path.name, fontsize=9)
-        ax.axis("off")
-    plt.show()
+    history = pd.read_csv(Path(run_dir) / "history.csv")
+    fig, axes = _figure(10, 3.8, cols=2)
+    for ax, metric in zip(axes, ("loss", "auc")):
+        for column, style, name in ((metric, "-", "training"), (f"val_{metric}", "--", "validation")):
+            if column in history:
+                ax.plot(history["epoch"] + 1, history[column], style, marker=".", label=name)
+        ax.set(xlabel="epoch", title=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.legend()
+    return fig
+
+
+def _levels(frame):
+    from fracture.evaluate import study_level
+
+    return (("image", frame), ("study", study_level(frame)))
+
+
+def roc_pr_figure(frame):
+    """ROC and precision-recall curves at image and study level (a study = mean of its images)."""
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    fig, (roc, pr) = _figure(10, 4.4, cols=2)
+    for name, part in _levels(frame):
+        if part["label"].nunique() == 2:
+            RocCurveDisplay.from_predictions(part["label"], part["probability"], name=name, ax=roc)
+            PrecisionRecallDisplay.from_predictions(part["label"], part["probability"], name=name, ax=pr)
+    roc.plot([0, 1], [0, 1], ":", color="grey", label="chance")
+    roc.set_title("ROC")
+    pr.axhline(frame["label"].mean(), linestyle=":", color="grey", label="chance (image)")
+    pr.set_title("precision-recall")
+    for ax in (roc, pr):
+        ax.legend(loc="lower right" if ax is roc else "lower left")
+    return fig
+
+
+def confusion_figure(frame, threshold: float):
+    """Confusion matrices at image and study level, abnormal when probability > threshold."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    from fracture.scores import is_abnormal
+
+    fig, axes = _figure(9, 4, cols=2)
+    for ax, (name, part) in zip(axes, _levels(frame)):
+        predicted = np.asarray(is_abnormal(part["probability"].to_numpy(), threshold), dtype=int)
+        ConfusionMatrixDisplay.from_predictions(part["label"], predicted, labels=[0, 1], ax=ax, colorbar=False,
+                                                display_labels=["normal", "abnormal"])
+        ax.set_title(f"{name} level ({len(part)}), threshold {threshold}")
+    return fig
+
+
+def image_figure(picture, width: float = 8):
+    """One array (a feature grid, an overlay) shown without axes."""
+    fig, (ax,) = _figure(width, width * picture.shape[0] / picture.shape[1])
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
+    ax.set_axis_off()
+    return fig
+
+
+def png(path):
+    """A PNG file (a CAM panel) for Jupyter to show at its own resolution."""
+    from IPython.display import Image
+
+    return Image(filename=str(path))
 
 
 def relative_files(folder) -> list[str]:

@@ -43,7 +43,7 @@ WEIGHTS = "latest.weights.h5"  # Keras insists on the .weights.h5 ending
 MARKER = "complete.json"
 KEEP = 2  # committed epochs kept: the newest and one to fall back to
 # Keys that say where files go or whether MLflow watches, not what is trained: a resumed run may change them.
-RESUME_FREE_KEYS = ("mlflow", "mlflow_experiment", "cache_dir", "runs_dir")
+RESUME_FREE_KEYS = ("mlflow", "mlflow_experiment", "cache_dir", "runs_dir", "verbose")
 CALLBACK_STATE = ("wait", "best", "best_epoch", "cooldown_counter")
 
 

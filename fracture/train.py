@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def new_run_dir(cfg) -> Path:
         n += 1
         run_dir = Path(cfg.runs_dir) / f"{stem}-{n}"
     return run_dir
+
+
+def fit_verbosity(verbose: str) -> int:
+    """Config.verbose -> Keras's: "auto" is the progress bar (1) where someone watches (a terminal or
+    a Jupyter kernel) and one line per epoch (2) where output goes to a log file or CI."""
+    if verbose != "auto":
+        return int(verbose)
+    return 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
 
 
 def class_weights(frame: pd.DataFrame) -> dict[int, float]:
@@ -213,7 +222,7 @@ def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker, dist=N
             callbacks.append(tracker.callback())
         dist.prepare(model, train_batches)
         model.fit(dist.dataset(train_batches, cfg.batch_size), validation_data=dist.dataset(val_batches, cfg.batch_size),
-                  epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+                  epochs=cfg.epochs, callbacks=callbacks, verbose=fit_verbosity(cfg.verbose))
     return backup.state
 
 

@@ -197,3 +197,20 @@ def test_threshold_auto_is_chosen_on_validation_studies(trained_run):
     j = (predicted & positives).sum() / positives.sum() + (~predicted & negatives).sum() / negatives.sum() - 1
     assert j == pytest.approx((tpr - fpr).max())
     assert fr.evaluate(run, auto, split="test", write=False)["threshold"] == pytest.approx(val["threshold"])
+
+
+def test_fit_verbosity_from_config(monkeypatch):
+    import sys
+
+    from fracture.config import ConfigError, load
+    from fracture.train import fit_verbosity
+
+    assert [fit_verbosity(v) for v in ("0", "1", "2")] == [0, 1, 2]
+    assert load(overrides={"verbose": 2}).verbose == "2"
+    with pytest.raises(ConfigError, match="verbose must be auto, 0, 1 or 2"):
+        load(overrides={"verbose": "loud"})
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert fit_verbosity("auto") == 2  # a log file or CI: one line per epoch
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)
+    assert fit_verbosity("auto") == 1  # a Jupyter kernel: Keras's progress bar

@@ -1,0 +1,96 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (fracture)
+#     language: python
+#     name: fracture
+# ---
+
+# %% [markdown]
+# # 2 · Load a trained run and predict
+#
+# **What you will learn:** how to load a run folder written by `1_train` (or
+# `python -m fracture train`), check that it reproduces its stored test metrics, predict single
+# image files, and build MURA's study-level score from image probabilities.
+#
+# **Time and hardware:** about a minute on a 2-core CPU; it needs a trained run (`make demo`,
+# or the train notebook). The stored outputs come from the demo recipe's run.
+
+# %% [markdown]
+# ## Configurable parameters
+
+# %% tags=["parameters"]
+profile = "full"  # full: the run below; smoke: the train notebook's 48-px smoke run (trained if missing)
+run = ""  # a run folder, e.g. saved_models/20261123-101500-densenet121; empty: the newest complete run
+
+# %% [markdown]
+# ## Setup
+# `nb.load_run` returns the model, its resolved config and its stored metrics. You should see the
+# run, its backbone, input size and threshold.
+
+# %% tags=["nbval-ignore-output"]
+# %matplotlib inline
+import fracture as fr
+from fracture import notebook as nb
+
+loaded = nb.load_run(run, profile)
+print("profile:", nb.profile(profile), "| run:", loaded.name)
+print("backbone:", loaded.config.backbone, "| input:", loaded.model.input_shape, "| threshold:",
+      loaded.config.threshold)
+
+# %% [markdown]
+# ## Re-evaluate
+# The test split is read again from the run's data source, decoded and scored. This is the check
+# that the saved model, not just the training process, holds what was measured.
+
+# %% tags=["nbval-ignore-output"]
+scores = fr.evaluate(loaded, write=False)
+fr.summary_table(scores)
+
+# %% [markdown]
+# You should see `True`: the numbers equal what training stored.
+
+# %%
+stored = loaded.metrics["test"]
+same = all(abs(scores[level][key] - stored[level][key]) < 1e-6
+           for level in ("image", "study") for key in ("accuracy", "auc", "kappa", "sensitivity", "specificity"))
+print("re-evaluation equals the stored metrics:", same)
+
+# %% [markdown]
+# ## Predict single images
+# Any image file (PNG, JPEG, DICOM) or folder: the saved model takes raw pixels, so nothing but
+# the file is needed. You should see one row per image with its probability and its label at the
+# run's threshold.
+
+# %%
+paths = fr.load_index(loaded.config).query("split == 'test'")["path"].head(4).tolist()
+print(len(paths), "images")
+
+# %% tags=["nbval-ignore-output"]
+nb.relative_paths(fr.predict_paths(loaded, paths))
+
+# %% [markdown]
+# ## Study level
+# MURA scores a study by the mean of its images' probabilities. Here is the study with the most
+# images: its images, then the study row. One confident view can outvote an unsure one, which is
+# the point: a radiologist also reads the views together.
+
+# %% tags=["nbval-ignore-output"]
+test = nb.predictions(loaded)
+study = test.groupby("study").size().idxmax()
+images_of_study = test[test["study"] == study]
+display(nb.relative_paths(images_of_study)[["path", "label", "probability"]])
+fr.study_level(images_of_study)
+
+# %% [markdown]
+# ## What to try next
+# - `python -m fracture predict IMAGE_OR_FOLDER` does the same from a shell;
+#   `python -m fracture serve` puts it behind a web page (docs/app.md).
+# - `3_visualize` shows where the model looks when it makes these predictions.
