@@ -242,6 +242,26 @@ class MlflowTracker:
 
         self._call("ending the failed run", end, limits=PROBE)
 
+    # --- a cross-validation parent run (fracture/cv.py) ---------------------------------------
+    def adopt(self, child_run_dir) -> bool:
+        """Make the MLflow run of `child_run_dir` (a fold) a child of this one: the UI nests it here."""
+        recorded = read_run_id(child_run_dir)
+        if recorded is None or recorded[1] != self.uri:
+            return False
+        return self._call(f"nesting {Path(child_run_dir).name}",
+                          lambda: self.client.set_tag(recorded[0], "mlflow.parentRunId", self.run_id))
+
+    def finish_parent(self, values: dict, files) -> bool:
+        """The parent's aggregate scores (metrics at step 0) and summary files; the run ends FINISHED."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        ok = self._call("logging cross-validation scores", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+        for path in files:
+            ok = ok and self._call(f"logging {Path(path).name}", self.client.log_artifact, self.run_id, str(path))
+        return ok and self._call("ending the run", lambda: self.client.set_terminated(self.run_id, "FINISHED"))
+
     def _log_final_metrics(self, metrics: dict) -> None:
         from mlflow.entities import Metric
 
