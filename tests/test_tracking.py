@@ -202,7 +202,7 @@ def test_the_logged_model_is_found_and_registers(local_run, monkeypatch):
     linked = {m.key: m.value for m in found[0].metrics}
     assert linked["test_study_auc"] == pytest.approx(stored["test"]["study"]["auc"], nan_ok=True)
     version = mlflow.register_model(f"models:/{found[0].model_id}", "fracture-test")
-    assert version.version == "1" and version.model_id == found[0].model_id
+    assert int(version.version) == 1 and version.model_id == found[0].model_id
     assert local_run.client.get_model_version("fracture-test", "1").source == f"models:/{found[0].model_id}"
 
 
