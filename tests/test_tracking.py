@@ -202,8 +202,9 @@ def test_the_logged_model_is_found_and_registers(local_run, monkeypatch):
     linked = {m.key: m.value for m in found[0].metrics}
     assert linked["test_study_auc"] == pytest.approx(stored["test"]["study"]["auc"], nan_ok=True)
     version = mlflow.register_model(f"models:/{found[0].model_id}", "fracture-test")
-    assert int(version.version) == 1 and version.model_id == found[0].model_id
-    assert local_run.client.get_model_version("fracture-test", "1").source == f"models:/{found[0].model_id}"
+    stored_version = local_run.client.get_model_version("fracture-test", str(version.version))
+    assert int(version.version) == 1 and stored_version.run_id == local_run.run_id
+    assert stored_version.source == f"models:/{found[0].model_id}"
 
 
 @contextlib.contextmanager
