@@ -32,6 +32,7 @@ _LAZY = {
     "index_mura": ("fracture.data", "index_mura"),
     "index_folders": ("fracture.data", "index_folders"),
     "split_by_patient": ("fracture.data", "split_by_patient"),
+    "cross_validate": ("fracture.cv", "cross_validate"),
     "describe_data": ("fracture.data", "describe"),
     "load_images": ("fracture.data", "load_images"),
     "read_gray": ("fracture.imageio", "read_gray"),

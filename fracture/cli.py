@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 
+    p = verbs.add_parser("cv", help="patient-level k-fold cross-validation: one run per fold (folds=5)",
+                         epilog=config_keys_epilog())
+    add_config_arguments(p)
+    p.set_defaults(func=_delegate("fracture.cv", "cli_cv"))
+
     p = verbs.add_parser("evaluate", help="re-evaluate a run at image and study level")
     p.add_argument("--run", help="run folder (default: newest in saved_models/)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])

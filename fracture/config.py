@@ -55,7 +55,9 @@ class Config:
     data_format: str = "mura"  # "mura" (MURA tree + CSVs) or "folders" (<root>/{train,val,test}/<class>/)
     study_type: str = "XR_HUMERUS"  # one of the seven XR_* types, a comma list, or "all"
     positive_class: str = "fractured"  # class-folder name that means "fracture" (data_format=folders)
-    val_fraction: float = 0.2  # share of training *patients* held out for validation
+    val_fraction: float = 0.2  # share of training *patients* held out for validation (as 1/n: 0.2 -> 1/5, 0.3 -> 1/3)
+    folds: int = 5  # patient-level folds of `python -m fracture cv` (stratified by label)
+    fold: int = -1  # validation fold of a cv run (0..folds-1); -1 = the val_fraction split
     cache_dir: str = "data/processed"  # decoded uint8 arrays, keyed by file list + image size
     max_pixels: int = 40_000_000  # images whose header claims more pixels are skipped unread (bombs)
     # --- model ------------------------------------------------------------------------------
@@ -257,6 +259,8 @@ def validate(cfg: Config) -> None:
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (0.0 < cfg.val_fraction < 1.0, "val_fraction must be between 0 and 1"),
+        (cfg.folds >= 2, "folds must be at least 2"),
+        (-1 <= cfg.fold < cfg.folds, "fold must be -1 (the val_fraction split) or a fold in 0..folds-1"),
         (cfg.learning_rate > 0, "learning_rate must be positive"),
         (0.0 <= cfg.momentum < 1.0, "momentum must be in [0, 1)"),
         (0.0 < cfg.gamma <= 1.0, "gamma must be in (0, 1]"),

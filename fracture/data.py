@@ -173,19 +173,44 @@ def index_folders(data_dir, positive_class: str = "fractured") -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # splits
 # --------------------------------------------------------------------------------------------
-def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
-    """Move a seeded share of training *patients* to 'val' (no patient on both sides)."""
+def patient_folds(frame: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Fold number (0..n_folds-1) of each row: scikit-learn's StratifiedGroupKFold with the patient
+    as group (no patient in two folds) and the label as stratum (each fold near the overall
+    abnormal share), shuffled by `seed`."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_patients = frame["patient"].nunique()
+    if n_patients < n_folds:
+        raise DataError(f"{n_patients} training patients cannot fill {n_folds} patient folds: set folds= "
+                        f"to at most {n_patients}, or add data")
+    folds = np.full(len(frame), -1)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, held_out) in enumerate(splitter.split(frame, frame["label"], frame["patient"])):
+        folds[held_out] = k
+    return folds
+
+
+def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int, fold: int = -1,
+                     folds: int = 5) -> pd.DataFrame:
+    """Move training *patients* to 'val' (no patient on both sides), stratified by label.
+
+    fold=-1: fold 0 of round(1/val_fraction) patient folds (at least two, at most one per patient),
+    so the validation share is the whole fraction 1/n nearest val_fraction (0.2 -> 1/5, 0.3 -> 1/3,
+    0.34 -> 1/3); a layout that has its own 'val' folder keeps it.
+    fold=k: fold k of `folds` (one run of `python -m fracture cv`); the pool is train plus any 'val'
+    folder, so the folds of one cross-validation hold out every non-test image exactly once.
+    """
     frame = frame.copy()
-    if (frame["split"] == "val").any():
+    cv = fold >= 0
+    if not cv and (frame["split"] == "val").any():
         return frame  # the layout already has a validation split
-    train = frame[frame["split"] == "train"]
-    patients = np.array(sorted(train["patient"].unique()))
-    if len(patients) < 2:
+    pool = frame["split"].isin(["train", "val"]) if cv else frame["split"] == "train"
+    n_patients = frame.loc[pool, "patient"].nunique()
+    if n_patients < 2:
         raise DataError("need at least two training patients to carve out a validation split")
-    rng = np.random.default_rng(seed)
-    n_val = min(len(patients) - 1, max(1, round(val_fraction * len(patients))))
-    val_patients = set(rng.choice(patients, size=n_val, replace=False))
-    frame.loc[(frame["split"] == "train") & frame["patient"].isin(val_patients), "split"] = "val"
+    n_folds = folds if cv else min(n_patients, max(2, round(1 / val_fraction)))
+    held_out = patient_folds(frame[pool], n_folds, seed) == max(fold, 0)
+    frame.loc[pool, "split"] = np.where(held_out, "val", "train")
     return frame
 
 
@@ -195,7 +220,7 @@ def load_index(cfg) -> pd.DataFrame:
         frame = index_folders(cfg.data_dir, cfg.positive_class)
     else:
         frame = index_mura(cfg.data_dir, cfg.study_type)
-    return split_by_patient(frame, cfg.val_fraction, cfg.seed)
+    return split_by_patient(frame, cfg.val_fraction, cfg.seed, cfg.fold, cfg.folds)
 
 
 def describe(frame: pd.DataFrame) -> pd.DataFrame:

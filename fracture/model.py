@@ -322,6 +322,15 @@ def count_params(model) -> tuple[int, int]:
     return trainable, frozen
 
 
+def summary_text(model) -> str:
+    """`model.summary()` as plain text (the run folder's model_summary.txt): layers, shapes, counts."""
+    captured = []
+    # 80 columns: Keras captures through a rich console as wide as the terminal (80 when there is
+    # none) and crops a wider table.
+    model.summary(line_length=80, print_fn=lambda text, line_break=True: captured.append(text))
+    return "\n".join(captured).rstrip() + "\n"
+
+
 def unfrozen_layers(model) -> list[str]:
     """Names of the backbone layers that train (those holding weights)."""
     head = {POOL_LAYER, LOGIT_LAYER, OUTPUT_LAYER}

@@ -2,7 +2,7 @@
 
     tracker = start(cfg, run_dir, frame)    # None when MLflow cannot be reached (one warning)
     callbacks.append(tracker.callback())    # per-epoch loss, AUC, accuracy, learning rate
-    tracker.finish(metrics, run_dir, best)  # final metrics, artifacts, the model; run FINISHED
+    tracker.finish(metrics, run_dir, best)  # final metrics, counts, artifacts, the LoggedModel; FINISHED
     tracker.fail(exc)                        # or: the run ends FAILED (KILLED on Ctrl-C)
 
 Store: `MLFLOW_TRACKING_URI` when set (a remote `mlflow server`, another database...), else the
@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from fracture.errors import FractureError
@@ -35,11 +36,11 @@ log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id.txt"  # line 1: run id, line 2: tracking URI
 LOCAL_DB = "mlflow.db"  # the default store, relative to the working directory
-RUN_FILES = ["config.yaml", "history.csv", "metrics.json", "predictions_val.csv", "predictions_test.csv",
-             "skipped.csv"]
+RUN_FILES = ["config.yaml", "model_summary.txt", "history.csv", "metrics.json", "predictions_val.csv",
+             "predictions_test.csv", "skipped.csv"]
 FINAL_KEYS = ("auc", "kappa", "accuracy", "sensitivity", "specificity")
-SUMMARY_KEYS = ("best_epoch", "epochs_run", "train_seconds", "train_images_per_second", "trainable_params",
-                "frozen_params", "skipped_files")
+SUMMARY_KEYS = ("best_epoch", "train_seconds", "train_images_per_second")  # measured: metrics
+COUNT_KEYS = ("epochs_run", "trainable_params", "frozen_params", "skipped_files")  # facts of the run: tags
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3 UI: model-training view instead of GenAI
 PROBE = dict(retries=0, timeout=10)  # first contact and last-gasp calls: fail fast
 STEADY = dict(retries=2, timeout=60)  # later calls: ride out a blip, not an outage
@@ -95,6 +96,23 @@ def dataset_fingerprint(frame) -> str:
     root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
     lines = sorted(f"{os.path.relpath(p, root)}\t{int(label)}" for p, label in zip(paths, frame["label"]))
     return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def dataset_input(cfg, frame, context: str = "training"):
+    """The image index as an `mlflow.data` dataset input (the run's Datasets panel): one row per image
+    with its split, named after the data folder and study type, its digest the dataset fingerprint."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    name = Path(cfg.data_dir).resolve().name + (f":{cfg.study_type}" if cfg.data_format == "mura" else "")
+    with warnings.catch_warnings():
+        # Two UserWarnings that are no user's business: MLflow registers its local-path source twice
+        # ("can be interpreted in multiple ways"), and its integer-column hint is about model inputs.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=str(Path(cfg.data_dir).resolve()), name=name,
+                                          targets="label", digest=dataset_fingerprint(frame))._to_mlflow_entity()
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 def git_commit() -> tuple[str, bool | None]:
@@ -204,6 +222,7 @@ class MlflowTracker:
         """Final metrics (`test_study_auc`...), run-folder files, plots and the model; the run ends FINISHED."""
         run_dir = Path(run_dir)
         ok = self._call("logging final metrics", self._log_final_metrics, metrics)
+        ok = ok and self._call("logging counts", self._log_counts, metrics)
         ok = ok and self._call("logging artifacts", self._log_run_files, run_dir)
         if model is not None:
             ok = ok and self._call("logging the model", self._log_model, model, run_dir)
@@ -223,14 +242,43 @@ class MlflowTracker:
 
         self._call("ending the failed run", end, limits=PROBE)
 
+    # --- a cross-validation parent run (fracture/cv.py) ---------------------------------------
+    def adopt(self, child_run_dir) -> bool:
+        """Make the MLflow run of `child_run_dir` (a fold) a child of this one: the UI nests it here."""
+        recorded = read_run_id(child_run_dir)
+        if recorded is None or recorded[1] != self.uri:
+            return False
+        return self._call(f"nesting {Path(child_run_dir).name}",
+                          lambda: self.client.set_tag(recorded[0], "mlflow.parentRunId", self.run_id))
+
+    def finish_parent(self, values: dict, files) -> bool:
+        """The parent's aggregate scores (metrics at step 0) and summary files; the run ends FINISHED."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        ok = self._call("logging cross-validation scores", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+        for path in files:
+            ok = ok and self._call(f"logging {Path(path).name}", self.client.log_artifact, self.run_id, str(path))
+        return ok and self._call("ending the run", lambda: self.client.set_terminated(self.run_id, "FINISHED"))
+
     def _log_final_metrics(self, metrics: dict) -> None:
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), 0  # one value per run: MLflow's convention is step 0
         values = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
-        values.update({f"{split}_images": n for split, n in metrics.get("counts", {}).items()})
         values.update(split_metric_values(metrics, ("val", "test")))
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def _log_counts(self, metrics: dict) -> None:
+        """Counts are facts about the run, not measurements to chart: tags (params are write-once,
+        and a resumed run that redoes its final stage logs them again)."""
+        from mlflow.entities import RunTag
+
+        values = {key: metrics[key] for key in COUNT_KEYS if key in metrics}
+        values.update({f"{split}_images": n for split, n in metrics.get("counts", {}).items()})
+        values.update({f"class_weight_{label}": w for label, w in metrics.get("class_weights", {}).items()})
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
 
     def _log_run_files(self, run_dir: Path) -> None:
         for name in RUN_FILES:
@@ -240,25 +288,75 @@ class MlflowTracker:
             self.client.log_artifacts(self.run_id, str(run_dir / "plots"), "plots")
 
     def _log_model(self, model, run_dir: Path) -> None:
-        """MLflow's Keras flavor under `model/`: loads with mlflow.keras / mlflow.pyfunc and serves with
-        `mlflow models serve` on plain Keras (the model holds only built-in layers). Should the flavor
-        fail on some backend or MLflow version, `model/` holds the plain model.keras and its signature."""
-        signature = model_signature(model)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / "model"
-            try:
-                import mlflow.keras
+        """The best model as an MLflow 3 LoggedModel named "model", in MLflow's Keras flavor: listed in
+        the Models tab, linked to this run and its final scores, registrable, loadable as
+        `models:/<model id>` or `runs:/<run id>/model` with mlflow.pyfunc in any process that has Keras
+        (the model holds only built-in layers), servable with `mlflow models serve`.
 
-                mlflow.keras.save_model(model, str(local), signature=signature, pip_requirements=requirements(),
-                                        metadata={"input": "raw grayscale pixels 0-255, float32 (N, S, S, 1)",
-                                                  "output": "fracture probability (N, 1)"})
-            except Exception as exc:
-                log.warning("MLflow Keras flavor failed (%s); logging model.keras with its signature instead", exc)
-                shutil.rmtree(local, ignore_errors=True)
-                local.mkdir()
-                shutil.copy2(run_dir / "model.keras", local / "model.keras")
-                (local / "signature.json").write_text(json.dumps(signature.to_dict(), indent=2))
-            self.client.log_artifacts(self.run_id, str(local), "model")
+        These are the steps of `mlflow.keras.log_model`, taken through our client: it carries the
+        store's URI, where the fluent call would need MLflow's process-wide URI set (global state).
+        Should the flavor fail on some backend or MLflow version, the LoggedModel holds the plain
+        model.keras and its signature instead."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        run = self.client.get_run(self.run_id)
+        logged = self.client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=self.run_id,
+                                                 params=dict(run.data.params), model_type="keras-classifier")
+        try:
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "model"
+                _save_flavor(model, local, logged, self.run_id, run_dir)
+                self.client.log_model_artifacts(logged.model_id, str(local))
+            self._link_final_metrics(run, logged.model_id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        log.info("MLflow LoggedModel %s (models:/%s)", logged.model_id, logged.model_id)
+
+    def _link_final_metrics(self, run, model_id: str) -> None:
+        """The run's final scores again, tagged with the model: the Models tab shows them per model."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        linked = [Metric(key, value, now, 0, model_id=model_id) for key, value in run.data.metrics.items()
+                  if FINAL_METRIC.match(key)]
+        if linked:
+            self.client.log_batch(self.run_id, metrics=linked)
+
+
+MODEL_NAME = "model"  # the LoggedModel's name: `runs:/<run id>/model` resolves to it
+FINAL_METRIC = re.compile(r"(val|test)_(image|study)_")  # the scores _log_final_metrics writes
+
+
+def _save_flavor(model, local: Path, logged, run_id: str, run_dir: Path) -> None:
+    """The MLflow model folder of `logged` at `local`: Keras flavor, signature, input example, pins."""
+    import numpy as np
+
+    signature = model_signature(model)
+    try:
+        import mlflow.keras
+        from mlflow.models import Model
+
+        description = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                            model_id=logged.model_id)
+        size = tuple(int(d) for d in model.inputs[0].shape[1:])
+        # A uniform mid-gray image shows the input format; no patient's pixels in an artifact that
+        # may be registered and shared.
+        example = np.full((1, *size), 128.0, np.float32)
+        local.mkdir()  # mlflow.keras.save_model writes the input example before it creates the folder
+        mlflow.keras.save_model(model, str(local), mlflow_model=description, signature=signature,
+                                input_example=example, pip_requirements=requirements(),
+                                metadata={"input": "raw grayscale pixels 0-255, float32 (N, S, S, 1)",
+                                          "output": "fracture probability (N, 1)"})
+    except Exception as exc:
+        log.warning("MLflow Keras flavor failed (%s); logging model.keras with its signature instead", exc)
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir()
+        shutil.copy2(run_dir / "model.keras", local / "model.keras")
+        (local / "signature.json").write_text(json.dumps(signature.to_dict(), indent=2))
 
 
 def split_metric_values(metrics: dict, splits) -> dict[str, float]:
@@ -289,9 +387,13 @@ def log_evaluation(run_dir, metrics: dict, split: str, paths) -> bool:
 
         client = MlflowClient(tracking_uri=uri)
         now = int(time.time() * 1000)
+        values = split_metric_values(metrics, [split])
         with _http_limits(**STEADY):
-            client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
-                                              for k, v in split_metric_values(metrics, [split]).items()])
+            outputs = client.get_run(run_id).outputs
+            models = [o.model_id for o in (outputs.model_outputs if outputs else [])]
+            # plain run metrics, and the same again linked to the run's LoggedModel (its Models tab row)
+            client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0, model_id=m)
+                                              for m in [None, *models] for k, v in values.items()])
     except Exception as exc:
         log.warning("could not log the %s metrics to MLflow run %s in %s (%s: %s)", split, run_id, uri,
                     type(exc).__name__, exc)
@@ -348,6 +450,8 @@ def start(cfg, run_dir, frame=None) -> MlflowTracker | None:
             params = [Param(k, str(v)) for k, v in cfg.to_dict().items() if k not in logged]
             tags = [RunTag(k, v) for k, v in run_tags(cfg, run_dir, frame).items()]
             client.log_batch(run_id, params=params, tags=tags)
+            if frame is not None and len(frame):
+                client.log_inputs(run_id, datasets=[dataset_input(cfg, frame)])
         (run_dir / RUN_ID_FILE).write_text(f"{run_id}\n{uri}\n")
     except Exception as exc:  # unreachable server, bad URI, locked database...
         log.warning("MLflow tracking is off for this run: cannot use the store %s (%s: %s); training goes on "

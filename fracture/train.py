@@ -2,6 +2,7 @@
 
 saved_models/<run>/
   config.yaml       the fully resolved config (written first; a resumed run must match it)
+  model_summary.txt Keras model.summary(): layers, output shapes, trainable and frozen parameter counts
   history.csv       one row per committed epoch (CSVLogger; rows of an uncommitted epoch are cut on resume)
   backup/           while training: epoch-NNNN/ (weights + optimizer, state.json) for the newest commit
                     and the one before, best-NNNN.keras (the best epoch so far); removed once complete
@@ -130,7 +131,7 @@ def train(cfg) -> Path:
     import keras
 
     from fracture import distribute, fileio, resume
-    from fracture.model import build_model
+    from fracture.model import build_model, summary_text
 
     dist = distribute.setup(cfg)  # first: a multi-worker strategy must exist before any TensorFlow op
     keras.utils.set_random_seed(cfg.seed)
@@ -156,6 +157,7 @@ def train(cfg) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     fileio.remove_partials(run_dir)
     cfg.to_yaml(run_dir / "config.yaml")
+    fileio.atomic_write_text(run_dir / "model_summary.txt", summary_text(model))
     log.info("%s run %s", f"resuming (after epoch {state['epoch']})" if state else "starting", run_dir)
 
     tracker = tracking.start(cfg, run_dir, frame) if cfg.mlflow else None  # None: off or unreachable

@@ -91,6 +91,47 @@ def test_patient_split_has_no_leakage(synth_root, seed):
     pd.testing.assert_frame_equal(frame, again)  # seeded
 
 
+def patient_table(n_patients=60, seed=0) -> pd.DataFrame:
+    """An index of 1-4 images per patient, a third of the patients abnormal (some with a normal
+    study too), plus a test split that no fold may touch."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        abnormal = p % 3 == 0
+        for i in range(rng.integers(1, 5)):
+            label = int(abnormal and (i > 0 or rng.random() < 0.7))
+            rows.append(dict(path=f"/d/p{p}/img{i}.png", label=label, patient=f"p{p}", study=f"p{p}/s{label}",
+                             study_type="XR_HUMERUS", split="test" if p >= n_patients - 6 else "train"))
+    return pd.DataFrame(rows, columns=data.COLUMNS)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cv_folds_partition_patients_and_keep_the_class_ratio(seed):
+    frame = patient_table()
+    pool = frame[frame["split"] == "train"]
+    splits = [data.split_by_patient(frame, 0.2, seed, fold=k, folds=5) for k in range(5)]
+    val_patients = [set(s.loc[s["split"] == "val", "patient"]) for s in splits]
+    assert all(val_patients)
+    assert sum(map(len, val_patients)) == len(set().union(*val_patients))  # no patient in two folds
+    assert set().union(*val_patients) == set(pool["patient"])  # every training patient held out once
+    overall = pool["label"].mean()
+    for s, held_out in zip(splits, val_patients):
+        assert not held_out & set(s.loc[s["split"] == "train", "patient"])
+        pd.testing.assert_series_equal(s["split"] == "test", frame["split"] == "test")  # test untouched
+        share = frame.loc[frame["patient"].isin(held_out), "label"].mean()  # counted from the input table
+        assert abs(share - overall) < 0.08, (share, overall)
+    # The plain split (fold=-1) is fold 0 of round(1 / val_fraction) folds: 0.2 -> 5, 0.3 -> 3.
+    pd.testing.assert_frame_equal(data.split_by_patient(frame, 0.2, seed), splits[0])
+    pd.testing.assert_frame_equal(data.split_by_patient(frame, 0.3, seed),
+                                  data.split_by_patient(frame, 0.2, seed, fold=0, folds=3))
+
+
+def test_cv_folds_need_enough_patients():
+    frame = patient_table(n_patients=10)  # 4 training patients
+    with pytest.raises(DataError, match="4 training patients cannot fill 5 patient folds"):
+        data.split_by_patient(frame, 0.2, 0, fold=0, folds=5)
+
+
 def _write_class_folders(root: Path, splits=("train", "val", "test")):
     rng = np.random.default_rng(0)
     for split in splits:
@@ -117,6 +158,12 @@ def test_class_folder_without_val_gets_a_split(tmp_path):
     frame = data.split_by_patient(data.index_folders(tmp_path), val_fraction=0.34, seed=0)
     assert (frame["split"] == "val").sum() == 2
 
+
+
+def test_a_cv_fold_pools_the_layouts_own_val_folder(tmp_path):
+    _write_class_folders(tmp_path)  # 6 train, 6 val, 6 test images; each image its own patient
+    frame = data.split_by_patient(data.index_folders(tmp_path), 0.2, seed=0, fold=1, folds=3)
+    assert frame["split"].value_counts().to_dict() == {"train": 8, "val": 4, "test": 6}
 
 @pytest.mark.parametrize("make", [
     lambda: np.full((20, 10), 7, np.uint8),

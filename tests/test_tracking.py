@@ -30,18 +30,21 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.slow
 
 EPOCH_METRICS = ["loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy", "learning_rate"]
-RUN_ARTIFACTS = ["config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_test.csv",
-                 "plots/curves.png", "plots/val/roc.png", "plots/val/confusion_matrix.png", "plots/test/roc.png",
-                 "model/MLmodel",
-                 "model/data/model.keras"]
-RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_val.csv",
-             "plots/curves.png", "plots/val/roc.png", "plots/val/confusion_matrix.png"]
+RUN_ARTIFACTS = ["config.yaml", "model_summary.txt", "history.csv", "metrics.json", "skipped.csv",
+                 "predictions_val.csv", "predictions_test.csv", "plots/curves.png", "plots/val/roc.png",
+                 "plots/val/confusion_matrix.png", "plots/test/roc.png"]
+MODEL_ARTIFACTS = ["MLmodel", "data/model.keras", "input_example.json", "serving_input_example.json"]
+RUN_FILES = ["model.keras", "config.yaml", "model_summary.txt", "history.csv", "metrics.json", "skipped.csv",
+             "predictions_val.csv", "plots/curves.png", "plots/val/roc.png", "plots/val/confusion_matrix.png"]
+COUNT_TAGS = ["epochs_run", "trainable_params", "frozen_params", "skipped_files", "train_images", "val_images",
+              "test_images", "class_weight_0", "class_weight_1"]
 
 
-def artifact_paths(client, run_id, path=None) -> set[str]:
+def artifact_paths(client, run_id, path=None, lister="list_artifacts") -> set[str]:
+    """Every file under a run's artifacts (or, with lister="list_logged_model_artifacts", a LoggedModel's)."""
     out = set()
-    for item in client.list_artifacts(run_id, path):
-        out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    for item in getattr(client, lister)(run_id, path):
+        out |= artifact_paths(client, run_id, item.path, lister) if item.is_dir else {item.path}
     return out
 
 
@@ -72,6 +75,23 @@ def check_run_matches_folder(client, run_dir: Path, epochs: int) -> str:
     assert tags["study_type"] == "XR_HUMERUS" and tags["git_commit"]
     assert tags["dataset_fingerprint"] == tracking.dataset_fingerprint(fr.load_index(cfg))
     assert set(RUN_ARTIFACTS) <= artifact_paths(client, run_id)
+    # The model is a LoggedModel of this run (MLflow 3), not a folder of run artifacts.
+    (output,) = run.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert model.name == "model" and model.source_run_id == run_id and model.status == "READY"
+    assert set(MODEL_ARTIFACTS) <= artifact_paths(client, model.model_id, lister="list_logged_model_artifacts")
+    # Counts are facts (tags), not metrics; the run folder's numbers.
+    assert not set(COUNT_TAGS) & set(run.data.metrics)
+    assert {k: tags[k] for k in COUNT_TAGS} == {
+        "epochs_run": str(stored["epochs_run"]), "trainable_params": str(stored["trainable_params"]),
+        "frozen_params": str(stored["frozen_params"]), "skipped_files": str(stored["skipped_files"]),
+        **{f"{split}_images": str(n) for split, n in stored["counts"].items()},
+        **{f"class_weight_{k}": str(w) for k, w in stored["class_weights"].items()}}
+    # The image index is the run's training dataset, its digest the fingerprint.
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == tags["dataset_fingerprint"]
+    assert {t.key: t.value for t in dataset.tags} == {"mlflow.data.context": "training"}
+    assert json.loads(dataset.dataset.profile)["num_rows"] == len(fr.load_index(cfg))
     return run_id
 
 
@@ -101,7 +121,12 @@ def local_run(train_data, tmp_path_factory):
 def test_local_store_holds_params_epoch_metrics_final_metrics_tags_and_artifacts(local_run):
     assert (local_run.run_dir / tracking.RUN_ID_FILE).read_text() == f"{local_run.run_id}\n{local_run.uri}\n"
     run = local_run.client.get_run(local_run.run_id)
-    assert run.data.metrics["skipped_files"] == 1 and run.data.metrics["train_images"] > 0
+    assert run.data.tags["skipped_files"] == "1" and int(run.data.tags["train_images"]) > 0
+    assert "trainable_params" not in run.data.metrics and "frozen_params" not in run.data.metrics
+    summary = (local_run.run_dir / "model_summary.txt").read_text()
+    assert 'Model: "fracture_VGG16"' in summary and "block5_conv3 (Conv2D)" in summary
+    trainable, frozen = fr.count_params(fr.load_run(local_run.run_dir).model)
+    assert f"Trainable params: {trainable:,}" in summary and f"Non-trainable params: {frozen:,}" in summary
     # Artifacts land beside the database, not in ./mlruns of whatever folder pytest runs in.
     assert run.info.artifact_uri.startswith((local_run.tmp / "mlruns").as_uri())
 
@@ -126,9 +151,10 @@ import keras, mlflow, numpy as np
 images = np.load(sys.argv[1])
 from_keras = keras.saving.load_model(sys.argv[2]).predict(images, verbose=0)
 from_pyfunc = mlflow.pyfunc.load_model(sys.argv[3]).predict(images)
+from_logged_model = mlflow.pyfunc.load_model(sys.argv[4]).predict(images)
 imported = sorted(name for name in sys.modules if name.split(".")[0] == "fracture")
 print(json.dumps({"keras": np.ravel(from_keras).tolist(), "pyfunc": np.ravel(from_pyfunc).tolist(),
-                  "imported": imported}))
+                  "logged_model": np.ravel(from_logged_model).tolist(), "imported": imported}))
 """
 
 
@@ -153,13 +179,38 @@ def test_saved_models_load_with_plain_keras_and_mlflow_in_a_fresh_process(local_
     images, expected = stored_predictions(local_run.run_dir, 4)
     np.save(tmp_path / "images.npy", images)
     done = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(tmp_path / "images.npy"),
-                           str(local_run.run_dir / "model.keras"), f"runs:/{local_run.run_id}/model"],
+                           str(local_run.run_dir / "model.keras"), f"runs:/{local_run.run_id}/model",
+                           f"models:/{logged_model_id(local_run)}"],
                           cwd=tmp_path, env=outside_env(local_run.uri), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["imported"] == []  # neither load needed (or imported) this package
     np.testing.assert_allclose(result["keras"], expected, atol=1e-5)
     np.testing.assert_allclose(result["pyfunc"], expected, atol=1e-5)
+    np.testing.assert_allclose(result["logged_model"], result["keras"], atol=1e-6)
+
+
+def logged_model_id(local_run) -> str:
+    (output,) = local_run.client.get_run(local_run.run_id).outputs.model_outputs
+    return output.model_id
+
+
+def test_the_logged_model_is_found_and_registers(local_run, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", local_run.uri)  # the fluent API reads the test's store
+    experiment = local_run.client.get_run(local_run.run_id).info.experiment_id
+    found = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                        filter_string=f"source_run_id = '{local_run.run_id}'")
+    assert [m.model_id for m in found] == [logged_model_id(local_run)] and found[0].name == "model"
+    # The Models tab shows the run's final scores on the model itself.
+    stored = json.loads((local_run.run_dir / "metrics.json").read_text())
+    linked = {m.key: m.value for m in found[0].metrics}
+    assert linked["test_study_auc"] == pytest.approx(stored["test"]["study"]["auc"], nan_ok=True)
+    version = mlflow.register_model(f"models:/{found[0].model_id}", "fracture-test")
+    stored_version = local_run.client.get_model_version("fracture-test", str(version.version))
+    assert int(version.version) == 1 and stored_version.run_id == local_run.run_id
+    assert stored_version.source == f"models:/{found[0].model_id}"
 
 
 @contextlib.contextmanager
