@@ -53,6 +53,10 @@ def cross_validate(cfg) -> tuple[Path, dict]:
     if cfg.fold != -1:
         raise ConfigError(f"cv trains every fold itself: drop fold={cfg.fold} (`python -m fracture train "
                           f"fold={cfg.fold}` trains that one fold)")
+    if cfg.threshold == "auto":  # each fold would pick its threshold on the very images it is scored on
+        raise ConfigError("cv scores each fold on its validation patients, so threshold=auto would choose the "
+                          "threshold on the data it reports: give a number (threshold=0.5), or choose it on "
+                          "the pooled out-of-fold predictions afterwards")
     name = cv_name(cfg)
     config_lib.check_run_name(f"{name}-fold{cfg.folds - 1}")
     frame = preflight.check(fold_config(cfg, name, 0))  # too few patients for the folds fails here, in seconds

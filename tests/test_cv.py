@@ -66,6 +66,8 @@ def test_summary_refuses_folds_that_share_an_image(tmp_path):
 def test_cv_refuses_a_fold_and_too_many_folds_before_training(train_data, tmp_path, capsys):
     with pytest.raises(ConfigError, match="drop fold=1"):
         cv.cross_validate(tiny_config(tmp_path, train_data, fold=1))
+    with pytest.raises(ConfigError, match="threshold=auto would choose the threshold on the data it reports"):
+        cv.cross_validate(tiny_config(tmp_path, train_data, threshold="auto"))
     with pytest.raises(DataError, match="cannot fill 40 patient folds"):
         cv.cross_validate(tiny_config(tmp_path, train_data, folds=40, run_name="many"))
     assert not (tmp_path / "runs").exists()  # nothing written, nothing trained
