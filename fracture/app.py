@@ -405,8 +405,9 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         if not readable:
             reasons = "; ".join(f"{image['name'] or 'file ' + str(i + 1)}: {image['message']}"
                                 for i, image in enumerate(images))
-            body.update(error="Bad image", status=400,
-                        message=f"none of the {len(images)} files is a readable image ({reasons})")
+            message = images[0]["message"] if len(images) == 1 else \
+                f"none of the {len(images)} files is a readable image ({reasons})"
+            body.update(error="Bad image", status=400, message=message)
             return jsonify(body), 400
         probability = study_probability([image.pop("raw_probability") for image in readable])
         body["study"] = {"probability": round(probability, 6), **predictor.verdict(round(probability, 6)),
