@@ -111,6 +111,7 @@ def open_page(browser, server, **options):
 def screenshot(page, name: str):
     folder = os.environ.get("FRACTURE_SCREENSHOTS")
     if folder:
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no focus ring
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
@@ -140,7 +141,7 @@ def test_upload_predict_slide_the_opacity_and_read_the_legend(browser, server, x
     assert page.is_visible("#legend-bar")
     gradient = page.eval_on_selector("#legend-bar", "e => getComputedStyle(e).backgroundImage")
     assert gradient.startswith("linear-gradient") and "rgb(0, 0, 128)" in gradient, gradient
-    assert page.text_content("#legend").split()[0] == "low"
+    assert page.text_content(".legend-ticks span") == "low"
 
     # the opacity slider changes the heatmap's opacity in the browser (no request to the server)
     opacity = "() => getComputedStyle(document.getElementById('overlay')).opacity"
@@ -173,7 +174,7 @@ def test_a_study_upload_shows_each_image_and_the_mean(browser, server, study_fil
     assert rows.count() == len(study_files)
     shown = [float(rows.nth(i).locator("td").nth(1).text_content().rstrip(" %")) for i in range(rows.count())]
     study = float(page.text_content("#probability").rstrip(" %"))
-    assert study == pytest.approx(sum(shown) / len(shown), abs=0.06)  # percentages shown to 0.1
+    assert study == pytest.approx(sum(shown) / len(shown), abs=0.101)  # each shown rounded to 0.1: |error| <= 0.05 + 0.05
     assert "mean of" in page.text_content("#probability-unit")
     rows.nth(1).click()  # the viewer follows the table
     assert study_files[1].name in page.text_content("#preview-caption")

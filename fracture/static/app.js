@@ -37,7 +37,7 @@ function verdictNote(v, threshold, band, what) {
   const side = v.probability > threshold ? "above" : "at or below";
   if (v.uncertain) {
     return `${percent(v.probability)} is within ${(100 * band).toFixed(0)} points of the ${percent(threshold)} ` +
-      `threshold: the model cannot tell ${what} apart from the other class. Read the image yourself.`;
+      `threshold: too close to call for ${what}. Read the images yourself.`;
   }
   return `${percent(v.probability)} is ${side} the ${percent(threshold)} threshold (abnormal above).`;
 }
