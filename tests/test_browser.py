@@ -162,24 +162,34 @@ def test_upload_predict_slide_the_opacity_and_read_the_legend(browser, server, x
     page.close()
 
 
-def test_a_study_upload_shows_each_image_and_the_mean(browser, server, study_files):
+def test_a_study_upload_shows_each_image_and_the_mean(browser, server, study_files, tmp_path):
+    """The study's views plus one unreadable file: it gets its own row and is left out of the mean."""
+    bad = tmp_path / "scan-notes.png"
+    bad.write_text("not an X-ray")
     page = open_page(browser, server, viewport={"width": 1200, "height": 1000})
-    page.set_input_files("#file", [str(path) for path in study_files])
-    assert page.locator("#file-list li").count() == len(study_files)
+    page.set_input_files("#file", [str(path) for path in study_files] + [str(bad)])
+    n = len(study_files) + 1
+    assert page.locator("#file-list li").count() == n
     page.click("#predict")
     wait_until(page, "() => !document.getElementById('result').hidden"
                      " && document.getElementById('overlay').naturalWidth > 0")
-    assert page.text_content("#result-title") == f"Study of {len(study_files)} images"
+    assert page.text_content("#result-title") == f"Study of {n} images"
     rows = page.locator("#images-rows tr")
-    assert rows.count() == len(study_files)
-    shown = [float(rows.nth(i).locator("td").nth(1).text_content().rstrip(" %")) for i in range(rows.count())]
+    assert rows.count() == n
+    shown = [float(rows.nth(i).locator("td").nth(1).text_content().rstrip(" %")) for i in range(n - 1)]
     study = float(page.text_content("#probability").rstrip(" %"))
     assert study == pytest.approx(sum(shown) / len(shown), abs=0.101)  # each shown rounded to 0.1: |error| <= 0.05 + 0.05
-    assert "mean of" in page.text_content("#probability-unit")
-    rows.nth(1).click()  # the viewer follows the table
+    assert f"mean of {n - 1} images" in page.text_content("#probability-unit")
+    assert rows.nth(n - 1).locator(".label").text_content() == "Unreadable"
+    assert "1 unreadable file left out of the mean" in page.text_content("#verdict-note")
+    assert page.is_hidden("#error")
+    rows.nth(n - 1).click()  # the viewer follows the table, and says why there is no image
+    assert "server could not read this file" in page.text_content("#no-preview")
+    rows.nth(1).click()
     assert study_files[1].name in page.text_content("#preview-caption")
     assert "current" in rows.nth(1).get_attribute("class")
-    wait_until(page, "() => document.getElementById('overlay').naturalWidth > 0")
+    wait_until(page, "() => document.getElementById('overlay').naturalWidth > 0"
+                     " && !document.getElementById('preview').hidden")
     screenshot(page, "webapp_study.png")
     assert not page.outside and not page.console_errors, (page.outside, page.console_errors)
     page.close()

@@ -37,7 +37,7 @@ function verdictNote(v, threshold, band, what) {
   const side = v.probability > threshold ? "above" : "at or below";
   if (v.uncertain) {
     return `${percent(v.probability)} is within ${(100 * band).toFixed(0)} points of the ${percent(threshold)} ` +
-      `threshold: too close to call for ${what}. Read the images yourself.`;
+      `threshold: too close to call for ${what}. Read the ${what === "this study" ? "images" : "image"} yourself.`;
   }
   return `${percent(v.probability)} is ${side} the ${percent(threshold)} threshold (abnormal above).`;
 }
@@ -303,6 +303,10 @@ function renderImageRows(several) {
       pill.className = "label unreadable";
       pill.textContent = "Unreadable";
       pill.title = image.message;
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = image.message;
+      name.append(reason);
     } else {
       probability.textContent = percent(image.probability);
       pill.className = verdictClass(image);
