@@ -327,8 +327,9 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         info["max_study_images"] = app.config["MAX_STUDY_IMAGES"]
         return jsonify(info)
 
-    def analyse(data: bytes, want_cam: bool, want_image: bool, layer: str) -> dict:
-        """One upload -> probability, verdict, size and the requested pictures. Header size check,
+    def analyse(data: bytes, want_cam: bool, want_image: bool, layer: str) -> tuple[dict, float]:
+        """One upload -> (answer: rounded probability, verdict, size and the requested pictures;
+        the unrounded probability, which the study mean uses). Header size check,
         truncation check, decode: the same function as training and predict, so the model sees the
         same input for the same file; every failure is an ImageError (400, or a per-file error)."""
         gray = imageio.decode_gray(data, app.config["MAX_PIXELS"])
@@ -338,10 +339,8 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
             probability, heatmap = predictor.probability_and_cam(x, layer)
         else:
             probability = predictor.probability(x)
-        # the two paths agree to ~1e-7; more digits are noise (the study mean uses the full value)
-        rounded = round(probability, 6)
-        body = {"probability": rounded, **predictor.verdict(rounded),
-                "image": {"width": width, "height": height}, "raw_probability": probability}
+        rounded = round(probability, 6)  # the two paths agree to ~1e-7; more digits are noise
+        body = {"probability": rounded, **predictor.verdict(rounded), "image": {"width": width, "height": height}}
         shown = display_image(gray) if (want_cam or want_image) else None
         if want_cam:
             from fracture.cam import overlay
@@ -352,7 +351,7 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
             body["heatmap_png"] = png_base64(overlay(shown, heatmap, CAM_COLORMAP, 1.0))
         if want_image:
             body["image_png"] = png_base64(shown)
-        return body
+        return body, probability
 
     def cam_request() -> tuple[bool, bool, str]:
         want_cam = request.args.get("cam", "").lower() in TRUE_WORDS
@@ -369,8 +368,7 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         upload = request.files.get("file")
         if upload is None:
             return _error(400, "no file: send the image as multipart/form-data in a field named 'file'")
-        body = analyse(upload.read(), want_cam, want_image, layer)
-        del body["raw_probability"]
+        body, _ = analyse(upload.read(), want_cam, want_image, layer)
         body.update(threshold=predictor.threshold, run=run.name)
         if want_cam:
             body["layer"], body["method"] = layer, CAM_METHOD
@@ -390,28 +388,30 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
             return _error(400, "no files: send the study's images as multipart/form-data, each in a field named 'files'")
         if len(uploads) > limit:
             return _error(400, f"{len(uploads)} files; a study takes at most {limit} images")
-        images = []
+        images, probabilities = [], []
         for upload in uploads:
             name = (upload.filename or "")[:MAX_NAME_CHARS]
             try:
-                images.append({"name": name, **analyse(upload.read(), want_cam, want_image, layer)})
+                answer, probability = analyse(upload.read(), want_cam, want_image, layer)
             except ImageError as exc:
                 images.append({"name": name, "error": "Bad image", "message": str(exc)})
-        readable = [image for image in images if "error" not in image]
+                continue
+            images.append({"name": name, **answer})
+            probabilities.append(probability)
         body = {"images": images, "threshold": predictor.threshold, "run": run.name,
                 "uncertain_band": scores.UNCERTAIN_BAND}
         if want_cam:
             body["layer"], body["method"] = layer, CAM_METHOD
-        if not readable:
+        if not probabilities:
             reasons = "; ".join(f"{image['name'] or 'file ' + str(i + 1)}: {image['message']}"
                                 for i, image in enumerate(images))
             message = images[0]["message"] if len(images) == 1 else \
                 f"none of the {len(images)} files is a readable image ({reasons})"
             body.update(error="Bad image", status=400, message=message)
             return jsonify(body), 400
-        probability = study_probability([image.pop("raw_probability") for image in readable])
-        body["study"] = {"probability": round(probability, 6), **predictor.verdict(round(probability, 6)),
-                         "images": len(readable), "failed": len(images) - len(readable)}
+        rounded = round(study_probability(probabilities), 6)
+        body["study"] = {"probability": rounded, **predictor.verdict(rounded),
+                         "images": len(probabilities), "failed": len(images) - len(probabilities)}
         body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return jsonify(json_safe(body))
 
