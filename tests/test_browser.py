@@ -169,7 +169,7 @@ def test_a_study_upload_shows_each_image_and_the_mean(browser, server, study_fil
     page = open_page(browser, server, viewport={"width": 1200, "height": 1000})
     page.set_input_files("#file", [str(path) for path in study_files] + [str(bad)])
     n = len(study_files) + 1
-    assert page.locator("#file-list li").count() == n
+    wait_until(page, f"() => document.querySelectorAll('#file-list li').length === {n}")  # choose() is async
     page.click("#predict")
     wait_until(page, "() => !document.getElementById('result').hidden"
                      " && document.getElementById('overlay').naturalWidth > 0")
