@@ -1,8 +1,8 @@
 # The fracture web app: gunicorn serving one trained run, mounted (or copied) at /srv/run.
 #
 #   docker build -t fracture-app .
-#   docker run --rm -p 5000:5000 -v "$PWD/saved_models/<run>:/srv/run:ro" fracture-app
-#   open http://127.0.0.1:5000/
+#   docker run --rm -p 8000:8000 -v "$PWD/saved_models/<run>:/srv/run:ro" fracture-app
+#   open http://127.0.0.1:8000/
 #
 # Not built or run in the development sandbox (it has no Docker engine); see docs/app.md.
 FROM python:3.11-slim
@@ -29,9 +29,9 @@ RUN useradd --create-home --uid 10001 fracture && mkdir -p /srv/run && chown fra
 USER fracture
 WORKDIR /home/fracture
 
-EXPOSE 5000
+EXPOSE 8000
 # slim has no curl: ask /healthz with the Python standard library.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
 # One worker process holds the model once; threads share it (the app serialises model calls).
-CMD ["gunicorn", "-w", "1", "--threads", "4", "--timeout", "300", "-b", "0.0.0.0:5000", "fracture.app:create_app()"]
+CMD ["gunicorn", "-w", "1", "--threads", "4", "--timeout", "300", "-b", "0.0.0.0:8000", "fracture.app:create_app()"]

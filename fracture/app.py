@@ -1,8 +1,8 @@
-"""The web app: upload an X-ray, get the fracture probability and where the model looked.
+"""The web app: upload an X-ray or a study, get the fracture probability and where the model looked.
 
     python -m fracture serve --run saved_models/<run>                      # development server
     FRACTURE_RUN=saved_models/<run> gunicorn -w 1 --threads 4 --timeout 300 \\
-        -b 127.0.0.1:5000 'fracture.app:create_app()'                      # production
+        -b 127.0.0.1:8000 'fracture.app:create_app()'                      # production
     FRACTURE_RUN=saved_models/<run> flask --app fracture.app run             # Flask's own runner
 
 `create_app` loads the run once, compiles the forward pass and warms it (and every offered CAM
@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 20.0  # larger request bodies get 413
 DEFAULT_MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS  # header width x height above this is a decompression bomb -> 400
+DEFAULT_MAX_STUDY_IMAGES = 16  # more files in one study request get 400 (MURA studies hold 1 to ~10 views)
 DISPLAY_SIZE = 512  # long side of the images the API sends back (preview, CAM overlay)
 CAM_METHOD = "gradcam"
+CAM_COLORMAP = "jet"  # the overlay's colormap; /api/model sends its colours for the page's legend
+CAM_ALPHA = 0.4  # heatmap weight in cam_png (the page blends image_png and heatmap_png itself)
+MAX_NAME_CHARS = 120  # file names are echoed back (never used as paths), cut to this length
 # A few sensible CAM layers per backbone family, deepest first; only those present in the model
 # are offered. Deep layers localise coarsely but semantically, earlier ones sharper but noisier.
 CAM_LAYERS = {
@@ -50,7 +54,20 @@ CAM_LAYERS = {
     "InceptionV3": ("mixed10", "mixed9", "mixed7"),
 }
 MAX_CAM_LAYERS = 3
+# Words for the page's layer menu: where the layer sits. Known names get their place in the
+# architecture; any other offered layer its rank (the offered list is deepest first).
+LAYER_PLACES = {
+    "relu": "last block", "pool4_relu": "after dense block 3", "pool3_relu": "after dense block 2",
+    "post_relu": "last block", "top_activation": "last block", "mixed10": "last block",
+    "block5_conv4": "last block", "block14_sepconv2_act": "last block",
+}
+RANK_PLACES = ("deepest layer", "a middle layer", "an earlier layer")
+RANK_GRAIN = ("coarse", "medium", "fine")
 TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+class UnknownLayer(FractureError):
+    """A CAM layer the app does not offer (answered with 400)."""
 
 
 class MemoryRequest(Flask.request_class):
@@ -118,6 +135,33 @@ def cam_layers(model, backbone: str) -> list[str]:
     return chosen
 
 
+def layer_label(model, name: str, rank: int) -> str:
+    """Readable name of an offered CAM layer, e.g. "last block (coarse, 7x7 grid)"."""
+    place = LAYER_PLACES.get(name) or RANK_PLACES[min(rank, len(RANK_PLACES) - 1)]
+    grain = RANK_GRAIN[min(rank, len(RANK_GRAIN) - 1)]
+    height, width = tuple(model.get_layer(name).output.shape)[1:3]
+    return f"{place} ({grain}, {height}\u00d7{width} grid)"
+
+
+def colormap_colors(name: str = CAM_COLORMAP, steps: int = 11) -> list[str]:
+    """`steps` evenly spaced colours of a matplotlib colormap as #rrggbb, low to high."""
+    import matplotlib
+
+    rgb = matplotlib.colormaps[name](np.linspace(0, 1, steps))[:, :3]
+    return ["#" + "".join(f"{round(255 * c):02x}" for c in color) for color in rgb]
+
+
+def study_probability(probabilities) -> float:
+    """A study's probability exactly as evaluation computes it: `evaluate.study_level` on one study.
+    (Uploads carry no label; study_level needs the column, so it gets a constant placeholder.)"""
+    import pandas as pd
+
+    from fracture.evaluate import study_level
+
+    frame = pd.DataFrame({"study": "upload", "label": 0, "probability": np.asarray(probabilities, np.float64)})
+    return float(study_level(frame)["probability"].iloc[0])
+
+
 def compiled_forward(model):
     """x (B,S,S,1) float32 -> probabilities, with training=False (the in-model augmentation would
     run otherwise). tf.function on TensorFlow (about 1.5x faster than predict_on_batch at batch
@@ -177,8 +221,10 @@ class Predictor:
             self.probability_and_cam(x, layer)
         return time.perf_counter() - started
 
-    def label(self, probability: float) -> str:
-        return scores.label(probability, self.threshold)  # the rule evaluate and the CAM panels use
+    def verdict(self, probability: float) -> dict:
+        """label (the rule evaluate and the CAM panels use), uncertain flag and its wording."""
+        verdict = scores.verdict(probability, self.threshold)
+        return {"label": verdict.label, "uncertain": verdict.uncertain, "verdict": verdict.text}
 
     def describe(self) -> dict:
         cfg, metrics = self.run.config, self.run.metrics
@@ -196,7 +242,10 @@ class Predictor:
             "weights": cfg.weights,
             "cam_method": CAM_METHOD,
             "cam_layers": self.layers,
+            "cam_layer_labels": {name: layer_label(self.model, name, rank) for rank, name in enumerate(self.layers)},
             "default_layer": self.layers[0] if self.layers else None,
+            "cam_colormap": {"name": CAM_COLORMAP, "colors": colormap_colors()},
+            "uncertain_band": scores.UNCERTAIN_BAND,
             "training": {k: metrics.get(k) for k in ("best_epoch", "epochs_run", "train_seconds", "counts")
                          if k in metrics},
             "metrics": summary,
@@ -224,14 +273,16 @@ def _error(status: int, message: str, name: str | None = None):
 
 
 def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | None = None,
-               runs_dir: str | None = None, warm_up: bool = True) -> Flask:
+               runs_dir: str | None = None, warm_up: bool = True, max_study_images: int | None = None) -> Flask:
     """The Flask app serving one run.
 
     run: a run folder (or its model.keras), a loaded `Run`, or None for $FRACTURE_RUN, else the
     newest run in `runs_dir` ($FRACTURE_RUNS_DIR, default saved_models/). max_upload_mb
     ($FRACTURE_MAX_UPLOAD_MB, default 20) and max_pixels ($FRACTURE_MAX_PIXELS, default the run's
     `max_pixels`, as in training and `predict`, so all three refuse the same files) are
-    stored in app.config (MAX_CONTENT_LENGTH, MAX_PIXELS) and read on every request.
+    stored in app.config (MAX_CONTENT_LENGTH, MAX_PIXELS) and read on every request, as is
+    max_study_images ($FRACTURE_MAX_STUDY_IMAGES, default 16; MAX_STUDY_IMAGES): files per study.
+    The upload limit bounds a whole request, so a study's files share it.
     """
     from fracture.model import Run, load_run
 
@@ -255,6 +306,9 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         max_pixels = int(_env_float("FRACTURE_MAX_PIXELS", run.config.max_pixels))
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
     app.config["MAX_PIXELS"] = int(max_pixels)
+    if max_study_images is None:
+        max_study_images = int(_env_float("FRACTURE_MAX_STUDY_IMAGES", DEFAULT_MAX_STUDY_IMAGES))
+    app.config["MAX_STUDY_IMAGES"] = int(max_study_images)
     app.extensions["fracture"] = predictor
 
     @app.get("/")
@@ -270,22 +324,14 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         info = predictor.describe()
         info["max_upload_mb"] = round(app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024, 3)
         info["max_pixels"] = app.config["MAX_PIXELS"]
+        info["max_study_images"] = app.config["MAX_STUDY_IMAGES"]
         return jsonify(info)
 
-    @app.post("/api/predict")
-    def predict():
-        started = time.perf_counter()
-        want_cam = request.args.get("cam", "").lower() in TRUE_WORDS
-        want_image = request.args.get("image", "").lower() in TRUE_WORDS
-        layer = request.args.get("layer") or (predictor.layers[0] if predictor.layers else "")
-        if want_cam and layer not in predictor.layers:
-            return _error(400, f"unknown CAM layer {layer[:80]!r}; choose one of {', '.join(predictor.layers)}")
-        upload = request.files.get("file")
-        if upload is None:
-            return _error(400, "no file: send the image as multipart/form-data in a field named 'file'")
-        data = upload.read()
-        # Header size check, truncation check, decode: the same function as training and predict,
-        # so the model sees the same input for the same file; every failure is an ImageError (400).
+    def analyse(data: bytes, want_cam: bool, want_image: bool, layer: str) -> tuple[dict, float]:
+        """One upload -> (answer: rounded probability, verdict, size and the requested pictures;
+        the unrounded probability, which the study mean uses). Header size check,
+        truncation check, decode: the same function as training and predict, so the model sees the
+        same input for the same file; every failure is an ImageError (400, or a per-file error)."""
         gray = imageio.decode_gray(data, app.config["MAX_PIXELS"])
         height, width = gray.shape
         x = predictor.prepare(gray)
@@ -293,24 +339,85 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
             probability, heatmap = predictor.probability_and_cam(x, layer)
         else:
             probability = predictor.probability(x)
-        probability = round(probability, 6)  # the two paths agree to ~1e-7; more digits are noise
-        body = {
-            "probability": probability,
-            "label": predictor.label(probability),
-            "threshold": predictor.threshold,
-            "run": run.name,
-            "image": {"width": width, "height": height},
-        }
+        rounded = round(probability, 6)  # the two paths agree to ~1e-7; more digits are noise
+        body = {"probability": rounded, **predictor.verdict(rounded), "image": {"width": width, "height": height}}
         shown = display_image(gray) if (want_cam or want_image) else None
         if want_cam:
             from fracture.cam import overlay
 
-            body["cam_png"] = png_base64(overlay(shown, heatmap))
-            body["layer"], body["method"] = layer, CAM_METHOD
+            body["cam_png"] = png_base64(overlay(shown, heatmap, CAM_COLORMAP, CAM_ALPHA))
+            # the colormapped heatmap alone (alpha 1): the page lays it over image_png with an
+            # opacity slider; at opacity CAM_ALPHA the two give cam_png
+            body["heatmap_png"] = png_base64(overlay(shown, heatmap, CAM_COLORMAP, 1.0))
         if want_image:
             body["image_png"] = png_base64(shown)
+        return body, probability
+
+    def cam_request() -> tuple[bool, bool, str]:
+        want_cam = request.args.get("cam", "").lower() in TRUE_WORDS
+        want_image = request.args.get("image", "").lower() in TRUE_WORDS
+        layer = request.args.get("layer") or (predictor.layers[0] if predictor.layers else "")
+        if want_cam and layer not in predictor.layers:
+            raise UnknownLayer(f"unknown CAM layer {layer[:80]!r}; choose one of {', '.join(predictor.layers)}")
+        return want_cam, want_image, layer
+
+    @app.post("/api/predict")
+    def predict():
+        started = time.perf_counter()
+        want_cam, want_image, layer = cam_request()
+        upload = request.files.get("file")
+        if upload is None:
+            return _error(400, "no file: send the image as multipart/form-data in a field named 'file'")
+        body, _ = analyse(upload.read(), want_cam, want_image, layer)
+        body.update(threshold=predictor.threshold, run=run.name)
+        if want_cam:
+            body["layer"], body["method"] = layer, CAM_METHOD
         body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return jsonify(body)
+
+    @app.post("/api/study")
+    def study():
+        """Several images of one study: each image's answer, and the study's probability as
+        evaluation computes it (evaluate.study_level: the mean of its images' probabilities).
+        An unreadable file gets its own error; the others are still answered."""
+        started = time.perf_counter()
+        want_cam, want_image, layer = cam_request()
+        uploads = request.files.getlist("files") + request.files.getlist("file")
+        limit = app.config["MAX_STUDY_IMAGES"]
+        if not uploads:
+            return _error(400, "no files: send the study's images as multipart/form-data, each in a field named 'files'")
+        if len(uploads) > limit:
+            return _error(400, f"{len(uploads)} files; a study takes at most {limit} images")
+        images, probabilities = [], []
+        for upload in uploads:
+            name = (upload.filename or "")[:MAX_NAME_CHARS]
+            try:
+                answer, probability = analyse(upload.read(), want_cam, want_image, layer)
+            except ImageError as exc:
+                images.append({"name": name, "error": "Bad image", "message": str(exc)})
+                continue
+            images.append({"name": name, **answer})
+            probabilities.append(probability)
+        body = {"images": images, "threshold": predictor.threshold, "run": run.name,
+                "uncertain_band": scores.UNCERTAIN_BAND}
+        if want_cam:
+            body["layer"], body["method"] = layer, CAM_METHOD
+        if not probabilities:
+            reasons = "; ".join(f"{image['name'] or 'file ' + str(i + 1)}: {image['message']}"
+                                for i, image in enumerate(images))
+            message = images[0]["message"] if len(images) == 1 else \
+                f"none of the {len(images)} files is a readable image ({reasons})"
+            body.update(error="Bad image", status=400, message=message)
+            return jsonify(body), 400
+        rounded = round(study_probability(probabilities), 6)
+        body["study"] = {"probability": rounded, **predictor.verdict(rounded),
+                         "images": len(probabilities), "failed": len(images) - len(probabilities)}
+        body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return jsonify(json_safe(body))
+
+    @app.errorhandler(UnknownLayer)
+    def unknown_layer(exc):
+        return _error(400, str(exc))
 
     @app.errorhandler(ImageError)
     def bad_image(exc):
@@ -318,7 +425,8 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
-        messages = {413: f"upload larger than the {app.config['MAX_CONTENT_LENGTH'] / 1024 / 1024:.3g} MB limit",
+        messages = {413: f"upload larger than the {app.config['MAX_CONTENT_LENGTH'] / 1024 / 1024:.3g} MB limit"
+                         " (for all files of a request together)",
                     405: f"method {request.method} not allowed on {request.path[:200]}"}
         return _error(exc.code or 500, messages.get(exc.code, exc.description or exc.name), exc.name)
 

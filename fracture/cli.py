@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("serve", help="web app: upload an X-ray, get probability + CAM")
     p.add_argument("--run", help="run folder (default: newest in saved_models/)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=8000, help="8000: mlflow ui takes 5000")
     p.set_defaults(func=_delegate("fracture.app", "cli_serve"))
 
     p = verbs.add_parser("ensemble", help="average runs' probabilities (and flip TTA) into an ensemble folder")

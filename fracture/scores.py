@@ -7,6 +7,8 @@ kind of drift STYLE.md warns about).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 ABNORMAL, NORMAL = "abnormal", "normal"
@@ -35,10 +37,31 @@ def label(probability, threshold):
     return str(verdict) if verdict.ndim == 0 else verdict
 
 
-NEAR_THRESHOLD = 0.1  # |p - threshold| below this is flagged "near the threshold" (an uncertain call)
+# A probability this close to the threshold is reported as uncertain: the label still follows
+# `is_abnormal`, but the app and the CAM panels say that it could easily have gone the other way
+# (a 49.7 % "normal" is not the same answer as a 5 % "normal").
+UNCERTAIN_BAND = 0.05
 
 
-def near_threshold(probability, threshold, band: float = NEAR_THRESHOLD):
+class Verdict(NamedTuple):
+    """The label by the decision rule, and whether the probability lies within the uncertain band."""
+
+    label: str
+    uncertain: bool
+
+    @property
+    def text(self) -> str:
+        """"abnormal", "normal", or "uncertain, leans abnormal|normal" near the threshold."""
+        return f"uncertain, leans {self.label}" if self.uncertain else self.label
+
+
+def verdict(probability: float, threshold: float, band: float = UNCERTAIN_BAND) -> Verdict:
+    """label(probability, threshold), flagged uncertain when |probability - threshold| < band."""
+    p = float(probability)
+    return Verdict(label(p, threshold), abs(p - float(threshold)) < band)
+
+
+def near_threshold(probability, threshold, band: float = UNCERTAIN_BAND):
     """True where the probability lies within `band` of the threshold (scalar -> bool, array -> array)."""
     near = np.abs(np.asarray(probability, np.float64) - threshold) < band
     return bool(near) if near.ndim == 0 else near

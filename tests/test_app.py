@@ -1,6 +1,7 @@
 """The web app through Flask's test client, against the session's tiny trained run (32 px).
 
-Covers the three endpoints, PNG/JPEG/DICOM uploads, the CAM and layer flags, every bad-input case
+Covers the four endpoints (with the study upload: per-image answers, the study mean, per-file
+errors), PNG/JPEG/DICOM uploads, the CAM and layer flags, every bad-input case
 (413, 400 with its reason, 405, 404, 500) as JSON, uploads never touching the disk, and identical
 answers under concurrent requests.
 """
@@ -23,7 +24,7 @@ from fracture import app as app_module
 from fracture.app import create_app
 from tests.images import dicom_bytes, png_claiming
 
-PREDICT_KEYS = {"probability", "label", "threshold", "run", "elapsed_ms", "image"}
+PREDICT_KEYS = {"probability", "label", "uncertain", "verdict", "threshold", "run", "elapsed_ms", "image"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,6 +101,14 @@ def test_model_info(client, run):
     assert set(info["metrics"]["test"]) == {"image", "study"}
     assert {"auc", "kappa", "accuracy", "n"} <= set(info["metrics"]["test"]["study"])
     assert info["max_upload_mb"] == 20 and info["max_pixels"] == app_module.DEFAULT_MAX_PIXELS
+    assert info["max_study_images"] == 16 and info["uncertain_band"] == 0.05
+    # readable names with each map's grid, from the layers' own output shapes (32 px input)
+    shapes = {name: tuple(run.model.get_layer(name).output.shape[1:3]) for name in info["cam_layers"]}
+    assert info["cam_layer_labels"]["relu"] == f"last block (coarse, {shapes['relu'][0]}\u00d7{shapes['relu'][1]} grid)"
+    assert set(info["cam_layer_labels"]) == set(info["cam_layers"])
+    colors = info["cam_colormap"]["colors"]
+    assert info["cam_colormap"]["name"] == "jet" and len(colors) == 11
+    assert colors[0] == "#000080" and colors[-1] == "#800000"  # jet: dark blue (low) to dark red (high)
 
 
 def test_page_and_static_files_are_self_contained(client):
@@ -124,6 +133,7 @@ def test_predict_formats(client, run, xray, kind):
     assert set(answer) == PREDICT_KEYS  # no CAM unless asked for
     assert 0.0 <= answer["probability"] <= 1.0
     assert answer["label"] == ("abnormal" if answer["probability"] > answer["threshold"] else "normal")
+    assert answer["uncertain"] == (abs(answer["probability"] - answer["threshold"]) < 0.05)
     assert answer["threshold"] == run.config.threshold and answer["run"] == "tiny"
     assert answer["image"] == {"width": xray.shape[1], "height": xray.shape[0]}
     assert answer["elapsed_ms"] > 0
@@ -145,6 +155,19 @@ def test_cam_flag_and_layer_choice(client, app, xray):
     default = post(client, encode(xray), "?cam=true").get_json()
     assert default["layer"] == layers[0] and default["cam_png"] == answers[layers[0]]["cam_png"]
     assert "cam_png" not in post(client, encode(xray), "?cam=0").get_json()
+
+
+def test_heatmap_png_blends_back_into_the_overlay(client, xray):
+    """The page lays heatmap_png over image_png with CSS opacity; at the app's alpha that blend
+    must give cam_png (the overlay drawn on the server): (1 - a) * gray + a * heatmap."""
+    answer = post(client, encode(xray), "?cam=1&image=1").get_json()
+
+    def pixels(b64):
+        return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR).astype(np.float64)
+
+    gray, heat, cam = pixels(answer["image_png"]), pixels(answer["heatmap_png"]), pixels(answer["cam_png"])
+    blend = (1 - app_module.CAM_ALPHA) * gray + app_module.CAM_ALPHA * heat
+    assert np.abs(blend - cam).max() <= 1.0  # two roundings to uint8
 
 
 def test_one_pass_cam_equals_the_public_api(synth_root, tmp_path_factory):
@@ -430,3 +453,91 @@ def test_the_app_answers_like_model_predict_on_this_backend(tmp_path):
     assert plain.get_json()["probability"] == pytest.approx(expected, abs=1e-5)
     assert with_cam.get_json()["probability"] == pytest.approx(expected, abs=1e-5)
     assert png_size(with_cam.get_json()["cam_png"]) == (40, 48)
+
+
+# --------------------------------------------------------------------------------------------
+# the study upload, the uncertain wording and the port
+# --------------------------------------------------------------------------------------------
+def post_study(client, files, query=""):
+    """files: [(bytes, name)] in the repeated field 'files'."""
+    return client.post("/api/study" + query, data={"files": [(io.BytesIO(d), n) for d, n in files]},
+                       content_type="multipart/form-data")
+
+
+@pytest.fixture(scope="module")
+def study_images(synth_root):
+    """Three views, normalised like `xray` so the decoder's stretch leaves them unchanged."""
+    paths = sorted(Path(synth_root).glob("train/XR_HUMERUS/*/*/*.png"))[:3]
+    return [cv2.normalize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), None, 0, 255, cv2.NORM_MINMAX) for p in paths]
+
+
+def test_study_mean_equals_numpy_mean_of_the_model(client, run, study_images):
+    response = post_study(client, [(encode(g), f"view{i}.png") for i, g in enumerate(study_images)], "?cam=1&image=1")
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    direct = [expected_probability(run, gray) for gray in study_images]  # model.predict, one by one
+    assert [image["name"] for image in answer["images"]] == ["view0.png", "view1.png", "view2.png"]
+    for image, expected, gray in zip(answer["images"], direct, study_images):
+        assert image["probability"] == pytest.approx(expected, abs=1e-5)
+        assert image["image"] == {"width": gray.shape[1], "height": gray.shape[0]}
+        assert {"cam_png", "heatmap_png", "image_png"} <= set(image)
+    study = answer["study"]
+    assert study["probability"] == pytest.approx(float(np.mean(direct)), abs=1e-5)
+    assert study["images"] == 3 and study["failed"] == 0
+    assert study["label"] == ("abnormal" if study["probability"] > run.config.threshold else "normal")
+    assert answer["layer"] == "relu" and answer["threshold"] == run.config.threshold
+
+
+def test_study_reports_an_unreadable_file_without_failing_the_others(client, run, study_images):
+    files = [(encode(study_images[0]), "good.png"), (b"not an image at all" * 20, "notes.png"),
+             (encode(study_images[1]), "good2.png")]
+    answer = post_study(client, files).get_json()
+    bad = answer["images"][1]
+    assert bad["name"] == "notes.png" and "not a readable image" in bad["message"] and "probability" not in bad
+    direct = [expected_probability(run, g) for g in study_images[:2]]
+    assert answer["study"]["probability"] == pytest.approx(float(np.mean(direct)), abs=1e-5)
+    assert answer["study"]["images"] == 2 and answer["study"]["failed"] == 1
+
+
+def test_study_errors_and_limits(run, client, study_images):
+    body = assert_error(post_study(client, [(b"garbage" * 50, "a.png"), (b"", "b.png")]), 400,
+                        "none of the 2 files", "a.png: not a readable image", "b.png: empty")
+    assert [image["name"] for image in body["images"]] == ["a.png", "b.png"]
+    assert_error(post_study(client, [(b"junk" * 50, "only.png")]), 400, "not a readable image")
+    assert_error(client.post("/api/study", data={}, content_type="multipart/form-data"), 400, "'files'")
+    small = create_app(run, warm_up=False, max_study_images=2).test_client()
+    three = [(encode(g), f"{i}.png") for i, g in enumerate(study_images)]
+    assert_error(post_study(small, three), 400, "3 files", "at most 2 images")
+    assert post_study(small, three[:2]).status_code == 200
+    assert_error(post_study(client, three, "?cam=1&layer=conv1"), 400, "unknown CAM layer")
+    # one file in the field 'file' (as /api/predict takes it) is a study of one
+    one = client.post("/api/study", data={"file": (io.BytesIO(three[0][0]), "x.png")},
+                      content_type="multipart/form-data").get_json()
+    assert one["study"]["probability"] == one["images"][0]["probability"]
+
+
+def test_study_limits_come_from_the_environment(run, monkeypatch):
+    monkeypatch.setenv("FRACTURE_MAX_STUDY_IMAGES", "5")
+    assert create_app(run, warm_up=False).config["MAX_STUDY_IMAGES"] == 5
+
+
+@pytest.mark.parametrize("p, words", [
+    (0.497, ("normal", True, "uncertain, leans normal")),
+    (0.52, ("abnormal", True, "uncertain, leans abnormal")),
+    (0.10, ("normal", False, "normal")),
+    (0.90, ("abnormal", False, "abnormal")),
+])
+def test_near_threshold_answers_are_worded_uncertain(app, client, xray, monkeypatch, p, words):
+    """A 49.7 % must not come back as a plain "normal": the model's output is replaced by p."""
+    monkeypatch.setattr(app.extensions["fracture"], "_forward", lambda x: np.full((len(x), 1), p, np.float32))
+    answer = post(client, encode(xray)).get_json()
+    assert (answer["label"], answer["uncertain"], answer["verdict"]) == words
+    study = post_study(client, [(encode(xray), "a.png"), (encode(xray), "b.png")]).get_json()["study"]
+    assert (study["label"], study["uncertain"], study["verdict"]) == words
+
+
+def test_serve_defaults_to_port_8000_not_mlflows_5000():
+    from fracture.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert args.port == 8000 and args.host == "127.0.0.1"

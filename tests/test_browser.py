@@ -4,7 +4,7 @@
 Skipped, with the reason in pytest's -ra summary, when Playwright or Chromium is missing
 (`make browser` installs Chromium where root and apt are available).
 
-    FRACTURE_SCREENSHOT=docs/img/webapp.png  also saves a screenshot of the answered page
+    FRACTURE_SCREENSHOTS=docs/img             also saves webapp.png (one image) and webapp_study.png
     FRACTURE_BROWSER_RUN=saved_models/<run>  serves that run instead of the tiny test run
     FRACTURE_BROWSER_IMAGE=path/to/xray.png   uploads that image instead of a small synthetic one
 """
@@ -85,59 +85,134 @@ def xray_file(request) -> Path:
     return sorted(Path(request.getfixturevalue("synth_root")).glob("train/XR_HUMERUS/*/*_positive/*.png"))[0]
 
 
-def test_upload_predict_and_see_the_overlay(browser, server, xray_file):  # browser first: skip cheaply
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    outside = []  # any request leaving 127.0.0.1 (a CDN, a font) fails the test
-    page.on("request", lambda request: outside.append(request.url)
-            if not request.url.startswith((server, "data:", "blob:")) else None)
-    console_errors = []
-    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+@pytest.fixture(scope="module")
+def study_files(request, xray_file) -> list[Path]:
+    """Two views of one study: every image in xray_file's folder, or it and another synthetic image."""
+    views = sorted(xray_file.parent.glob("*.png"))
+    if len(views) >= 2:
+        return views[:3]
+    other = sorted(Path(request.getfixturevalue("synth_root")).glob("train/XR_HUMERUS/*/*_negative/*.png"))[0]
+    return [xray_file, other]
 
+
+def open_page(browser, server, **options):
+    """A new page on the app with /api/model answered; records outside requests and console errors."""
+    page = browser.new_page(**options)
+    page.outside, page.console_errors = [], []  # any request leaving 127.0.0.1 (a CDN, a font) fails
+    page.on("request", lambda request: page.outside.append(request.url)
+            if not request.url.startswith((server, "data:", "blob:")) else None)
+    page.on("console", lambda message: page.console_errors.append(message.text)
+            if message.type == "error" else None)
     page.goto(server + "/")
-    wait_until(page, "() => document.querySelectorAll('#layer option').length > 0")  # /api/model answered
+    wait_until(page, "() => document.querySelectorAll('#layer option').length > 0")
+    return page
+
+
+def screenshot(page, name: str):
+    folder = os.environ.get("FRACTURE_SCREENSHOTS")
+    if folder:
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no focus ring
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def test_upload_predict_slide_the_opacity_and_read_the_legend(browser, server, xray_file):  # browser first: skip cheaply
+    page = open_page(browser, server, viewport={"width": 1200, "height": 1000})
     assert page.locator("#predict").is_disabled()
+    labels = page.eval_on_selector_all("#layer option", "options => options.map(o => [o.value, o.textContent])")
+    assert labels[0][0] == "relu" and labels[0][1].startswith("last block (coarse")  # readable, not `relu`
     page.set_input_files("#file", str(xray_file))
     wait_until(page, "() => document.getElementById('preview').naturalWidth > 0")
-    page.select_option("#layer", index=0)
     page.click("#predict")
 
     wait_until(page, "() => !document.getElementById('overlay').hidden"
                      " && document.getElementById('overlay').naturalWidth > 0")
     probability = page.text_content("#probability")
     assert probability.endswith("%") and 0 <= float(probability.rstrip(" %")) <= 100, probability
-    assert page.text_content("#label").startswith(("Abnormal", "Normal"))
-    assert page.text_content("#run")
-    assert page.is_visible("#overlay") and page.is_hidden("#error")
-    layer = page.eval_on_selector("#layer", "s => s.value")
-    assert layer in page.text_content("#overlay-caption")
-    sizes = page.evaluate("['preview', 'overlay'].map(id => document.getElementById(id).naturalWidth)")
-    assert sizes[0] == sizes[1] > 0  # overlay at the uploaded image's size
+    assert page.text_content("#label").startswith(("Abnormal", "Normal", "Uncertain"))
+    assert "threshold" in page.text_content("#verdict-note")
+    assert page.text_content("#result-title") == "Result" and page.is_hidden("#images-table")
+    assert page.is_visible("#overlay") and page.is_visible("#base") and page.is_hidden("#error")
+    assert "last block" in page.text_content("#overlay-caption") and "relu" in page.text_content("#overlay-caption")
+    sizes = page.evaluate("['preview', 'base', 'overlay'].map(id => document.getElementById(id).naturalWidth)")
+    assert sizes[0] == sizes[1] == sizes[2] > 0  # heatmap at the image's size, laid exactly over it
 
-    screenshot = os.environ.get("FRACTURE_SCREENSHOT")
-    if screenshot:
-        Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=screenshot, full_page=True)
-    assert not outside, f"requests outside the app: {outside}"
-    assert not console_errors, console_errors
+    # the legend: visible, a gradient from the colormap's colours, low on the left
+    assert page.is_visible("#legend-bar")
+    gradient = page.eval_on_selector("#legend-bar", "e => getComputedStyle(e).backgroundImage")
+    assert gradient.startswith("linear-gradient") and "rgb(0, 0, 128)" in gradient, gradient
+    assert page.text_content(".legend-ticks span") == "low"
+
+    # the opacity slider changes the heatmap's opacity in the browser (no request to the server)
+    opacity = "() => getComputedStyle(document.getElementById('overlay')).opacity"
+    assert page.evaluate(opacity) == "0.4"
+    requests_before = len(page.outside)
+    page.focus("#opacity")
+    page.keyboard.press("End")
+    assert page.evaluate(opacity) == "1" and page.text_content("#opacity-value") == "100 %"
+    page.keyboard.press("Home")
+    assert page.evaluate(opacity) == "0"
+    for _ in range(12):  # 5 % steps: back to 60 % for the screenshot
+        page.keyboard.press("ArrowRight")
+    assert page.evaluate(opacity) == "0.6"
+    assert len(page.outside) == requests_before
+    screenshot(page, "webapp.png")
+    assert not page.outside, f"requests outside the app: {page.outside}"
+    assert not page.console_errors, page.console_errors
     page.close()
 
 
-def test_a_bad_file_shows_the_server_reason(browser, server, tmp_path):
+def test_a_study_upload_shows_each_image_and_the_mean(browser, server, study_files, tmp_path):
+    """The study's views plus one unreadable file: it gets its own row and is left out of the mean."""
+    bad = tmp_path / "scan-notes.png"
+    bad.write_text("not an X-ray")
+    page = open_page(browser, server, viewport={"width": 1200, "height": 1000})
+    page.set_input_files("#file", [str(path) for path in study_files] + [str(bad)])
+    n = len(study_files) + 1
+    wait_until(page, f"() => document.querySelectorAll('#file-list li').length === {n}")  # choose() is async
+    page.click("#predict")
+    wait_until(page, "() => !document.getElementById('result').hidden"
+                     " && document.getElementById('overlay').naturalWidth > 0")
+    assert page.text_content("#result-title") == f"Study of {n} images"
+    rows = page.locator("#images-rows tr")
+    assert rows.count() == n
+    shown = [float(rows.nth(i).locator("td").nth(1).text_content().rstrip(" %")) for i in range(n - 1)]
+    study = float(page.text_content("#probability").rstrip(" %"))
+    assert study == pytest.approx(sum(shown) / len(shown), abs=0.101)  # each shown rounded to 0.1: |error| <= 0.05 + 0.05
+    assert f"mean of {n - 1} images" in page.text_content("#probability-unit")
+    assert rows.nth(n - 1).locator(".label").text_content() == "Unreadable"
+    assert "1 unreadable file left out of the mean" in page.text_content("#verdict-note")
+    assert page.is_hidden("#error")
+    rows.nth(n - 1).click()  # the viewer follows the table, and says why there is no image
+    assert "server could not read this file" in page.text_content("#no-preview")
+    rows.nth(1).click()
+    assert study_files[1].name in page.text_content("#preview-caption")
+    assert "current" in rows.nth(1).get_attribute("class")
+    wait_until(page, "() => document.getElementById('overlay').naturalWidth > 0"
+                     " && !document.getElementById('preview').hidden")
+    screenshot(page, "webapp_study.png")
+    assert not page.outside and not page.console_errors, (page.outside, page.console_errors)
+    page.close()
+
+
+def test_a_bad_file_shows_the_server_reason_not_a_dicom_hint(browser, server, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("this is not an X-ray")
-    page = browser.new_page()
-    page.goto(server + "/")
-    wait_until(page, "() => document.querySelectorAll('#layer option').length > 0")
+    page = open_page(browser, server)
     page.set_input_files("#file", str(bad))
+    wait_until(page, "() => !document.getElementById('no-preview').hidden"
+                     " && document.getElementById('no-preview').textContent.includes('browser')")
+    assert "DICOM" not in page.text_content("#no-preview")  # it is no DICOM: promise nothing
     page.click("#predict")
     page.wait_for_selector("#error:not([hidden])", timeout=30_000)
     assert "not a readable image" in page.text_content("#error")
+    assert "server could not read this file" in page.text_content("#no-preview")
     assert page.is_hidden("#result")
     page.close()
 
 
 def test_dicom_gets_the_server_rendering_as_preview(browser, server, xray_file, tmp_path):
-    """Browsers cannot show DICOM: the page asks the server for its rendering (image=1)."""
+    """Browsers cannot show DICOM: the page says so, then shows the server's rendering."""
     import cv2
     import numpy as np
 
@@ -145,12 +220,10 @@ def test_dicom_gets_the_server_rendering_as_preview(browser, server, xray_file, 
 
     dicom = tmp_path / "xray.dcm"
     dicom.write_bytes(dicom_bytes(cv2.imread(str(xray_file), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 16))
-    page = browser.new_page()
-    page.goto(server + "/")
-    wait_until(page, "() => document.querySelectorAll('#layer option').length > 0")
+    page = open_page(browser, server)
     page.set_input_files("#file", str(dicom))
-    wait_until(page, "() => document.getElementById('preview').dataset.failed === '1'")
-    assert "DICOM" in page.text_content("#no-preview")
+    wait_until(page, "() => !document.getElementById('no-preview').hidden"
+                     " && document.getElementById('no-preview').textContent.includes('DICOM')")
     page.click("#predict")
     wait_until(page, "() => document.getElementById('preview').naturalWidth > 0"
                      " && document.getElementById('overlay').naturalWidth > 0")

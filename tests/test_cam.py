@@ -434,14 +434,14 @@ def test_panel_grid_title_and_near_threshold_note():
     gray = np.full((30, 20), 90, np.uint8)
     maps = {m: {layer: np.random.default_rng(0).random((4, 4)) for layer in ("a", "b", "c")}
             for m in ("gradcam", "layercam")}
-    fig = cam.cam_panel(gray, maps, 0.55, 0.5, true_label=0, box=(2, 3, 10, 12), title="img")
+    fig = cam.cam_panel(gray, maps, 0.53, 0.5, true_label=0, box=(2, 3, 10, 12), title="img")
     assert len(fig.axes) == 1 + 3 * 2 + 1  # input, 3 layers x 2 methods, one colorbar
     titles = [ax.get_title() for ax in fig.axes[1:-1]]
     assert titles == ["gradcam", "layercam"] + [""] * 4  # methods head the columns
     assert [ax.get_ylabel() for ax in fig.axes[1:-1:2]] == ["a", "b", "c"]  # layers name the rows
     heading = fig.get_suptitle()
-    assert "true: normal" in heading and "predicted: abnormal" in heading and "p(fracture) = 0.550" in heading
-    assert "within 0.1 of the threshold" in heading
+    assert "true: normal" in heading and "predicted: abnormal" in heading and "p(fracture) = 0.530" in heading
+    assert "within 0.05 of the threshold" in heading
     assert len(fig.axes[0].patches) == 1  # the true box on the input
     confident = cam.cam_panel(gray, maps, 0.9, 0.5).get_suptitle()
     assert "true: unknown" in confident and "threshold" in confident and "within" not in confident

@@ -28,3 +28,20 @@ def test_label_is_abnormal_strictly_above_the_threshold(threshold):
     np.testing.assert_array_equal(label(np.array([below, at, above]), threshold), ["normal", "normal", "abnormal"])
     np.testing.assert_array_equal(is_abnormal(np.array([below, at, above]), threshold), [False, False, True])
     assert label(np.nan, threshold) == "normal"  # an unreadable image is never called abnormal
+
+
+@pytest.mark.parametrize("p, threshold, expected", [
+    (0.497, 0.5, ("normal", True, "uncertain, leans normal")),
+    (0.53, 0.5, ("abnormal", True, "uncertain, leans abnormal")),
+    (0.05, 0.5, ("normal", False, "normal")),
+    (0.92, 0.5, ("abnormal", False, "abnormal")),
+    (0.56, 0.5, ("abnormal", False, "abnormal")),  # outside the 0.05 band
+    (0.22, 0.2, ("abnormal", True, "uncertain, leans abnormal")),  # the band follows the threshold
+])
+def test_verdict_flags_probabilities_near_the_threshold(p, threshold, expected):
+    from fracture.scores import UNCERTAIN_BAND, verdict
+
+    assert UNCERTAIN_BAND == 0.05
+    result = verdict(p, threshold)
+    assert (result.label, result.uncertain, result.text) == expected
+    assert result.label == label(p, threshold)  # the same decision rule, only qualified

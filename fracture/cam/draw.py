@@ -22,7 +22,7 @@ from fracture.cam.checks import as_batch, check_methods, spatial_layer
 from fracture.cam.maps import cam_maps, normalize_maps
 from fracture.cam.metrics import boxes_by_path
 from fracture.errors import DataError, FractureError
-from fracture.scores import ABNORMAL, NEAR_THRESHOLD, NORMAL, label, near_threshold, probability
+from fracture.scores import ABNORMAL, NORMAL, UNCERTAIN_BAND, label, near_threshold, probability
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def cam_panel(gray, maps, probability, threshold, *, true_label=None, box=None, 
     gray: (H, W) uint8; maps: {method: {layer: (h, w) values in [0, 1]}} (any size, stretched over
     the image); peaks: the same keys with each raw map's largest value (printed in the tile);
     true_label: 1, 0 or None. The title names the truth, the prediction and its probability; a
-    probability within `scores.NEAR_THRESHOLD` of the threshold gets a visible note.
+    probability within `scores.UNCERTAIN_BAND` (the web app's band too) of the threshold gets a visible note.
     """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -335,7 +335,7 @@ def cam_panel(gray, maps, probability, threshold, *, true_label=None, box=None, 
     line, colour = _verdict_line(probability, threshold, true_label)
     heading = f"{title}   (maps explain: {target})\n" if title else f"maps explain: {target}\n"
     if near_threshold(probability, threshold):
-        line += f"\nNOTE: p is within {NEAR_THRESHOLD:g} of the threshold, an uncertain call"
+        line += f"\nNOTE: p is within {UNCERTAIN_BAND:g} of the threshold, an uncertain call"
         colour = "darkorange" if true_label is None or colour == "darkgreen" else colour
     fig.suptitle(heading + line, fontsize=FONT_SIZE, color=colour)
     return fig

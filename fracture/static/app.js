@@ -1,77 +1,185 @@
-// Upload page: choose or drop an image, preview it, POST it to /api/predict, show the answer.
+// Upload page: choose or drop one image or a study's images, preview them, POST them to
+// /api/study, show each image's probability, the study's mean and the Grad-CAM overlay.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let chosen = null; // the File to send
-let previewUrl = null;
-let maxBytes = Infinity;
+const DICOM_NAME = /\.(dcm|dicom)$/i;
+
+let info = null; // /api/model
+let chosen = []; // [{file, url, dicom}] in upload order
+let answer = null; // the last /api/study answer
+let current = 0; // index of the image shown in the viewer
 
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = !message;
 }
 
-function formatPercent(p) {
+function percent(p) {
   return (100 * p).toFixed(1) + " %";
+}
+
+function megabytes(bytes) {
+  return (bytes / 1048576).toFixed(1) + " MB";
+}
+
+// The wording of a verdict from the server (label + uncertain flag, fracture.scores.verdict).
+function verdictWords(v) {
+  if (v.uncertain) return "Uncertain: leans " + v.label;
+  return v.label === "abnormal" ? "Abnormal: fracture suspected" : "Normal: no fracture suspected";
+}
+
+function verdictClass(v) {
+  return "label " + (v.uncertain ? "uncertain" : v.label);
+}
+
+function verdictNote(v, threshold, band, what) {
+  const side = v.probability > threshold ? "above" : "at or below";
+  if (v.uncertain) {
+    return `${percent(v.probability)} is within ${(100 * band).toFixed(0)} points of the ${percent(threshold)} ` +
+      `threshold: too close to call for ${what}. Read the ${what === "this study" ? "images" : "image"} yourself.`;
+  }
+  return `${percent(v.probability)} is ${side} the ${percent(threshold)} threshold (abnormal above).`;
 }
 
 async function loadModelInfo() {
   try {
     const response = await fetch("/api/model");
-    const info = await response.json();
+    info = await response.json();
     if (!response.ok) throw new Error(info.message || response.statusText);
     const test = info.metrics && info.metrics.test;
     const auc = test && test.study && test.study.auc;
     $("model-info").textContent =
-      `Run ${info.run} · ${info.backbone} at ${info.image_size} px · threshold ${info.threshold}` +
+      `Run ${info.run} · ${info.backbone} at ${info.image_size} px · threshold ${percent(info.threshold)}` +
       (auc != null ? ` · test study AUC ${auc.toFixed(3)}` : "");
     const select = $("layer");
     select.replaceChildren();
     for (const name of info.cam_layers) {
       const option = document.createElement("option");
-      option.value = option.textContent = name;
+      option.value = name;
+      option.textContent = (info.cam_layer_labels && info.cam_layer_labels[name]) || name;
+      option.title = "Keras layer " + name;
       select.append(option);
     }
     select.disabled = info.cam_layers.length === 0;
-    maxBytes = info.max_upload_mb * 1024 * 1024;
-    $("limit").textContent = `, up to ${info.max_upload_mb} MB`;
+    $("limit").textContent = ` · up to ${info.max_study_images} files, ${info.max_upload_mb} MB in all`;
+    $("band").textContent = `${(100 * info.uncertain_band).toFixed(0)} points`;
+    const colors = info.cam_colormap.colors;
+    $("legend-bar").style.background = `linear-gradient(to right, ${colors.join(", ")})`;
   } catch (err) {
     $("model-info").textContent = "Model information unavailable: " + err.message;
   }
 }
 
-function choose(file) {
-  if (!file) return;
+// DICOM by name or by its "DICM" magic at byte 128; only then does the page promise a rendering.
+async function looksLikeDicom(file) {
+  if (DICOM_NAME.test(file.name) || file.type === "application/dicom") return true;
+  if (file.size < 132) return false;
+  const magic = new Uint8Array(await file.slice(128, 132).arrayBuffer());
+  return String.fromCharCode(...magic) === "DICM";
+}
+
+async function choose(files) {
+  files = Array.from(files || []);
+  if (!files.length) return;
   showError("");
-  if (file.size > maxBytes) {
-    showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; the limit is ${maxBytes / 1048576} MB.`);
+  const total = files.reduce((sum, f) => sum + f.size, 0);
+  if (info && files.length > info.max_study_images) {
+    showError(`${files.length} files chosen; a study takes at most ${info.max_study_images} images.`);
     return;
   }
-  chosen = file;
-  $("file-name").textContent = `${file.name} (${(file.size / 1024).toFixed(0)} kB)`;
+  if (info && total > info.max_upload_mb * 1048576) {
+    showError(`The files add up to ${megabytes(total)}; the limit is ${info.max_upload_mb} MB for all together.`);
+    return;
+  }
+  for (const entry of chosen) URL.revokeObjectURL(entry.url);
+  chosen = await Promise.all(files.map(async (file) => (
+    { file, url: URL.createObjectURL(file), dicom: await looksLikeDicom(file) })));
+  answer = null;
   $("predict").disabled = false;
   $("result").hidden = true;
-  $("overlay").hidden = true;
-  $("no-overlay").hidden = false;
-  if (previewUrl) URL.revokeObjectURL(previewUrl);
-  previewUrl = URL.createObjectURL(file);
+  $("intro").hidden = false;
+  renderFileList();
+  select(0);
+}
+
+function renderFileList() {
+  const list = $("file-list");
+  list.replaceChildren();
+  chosen.forEach((entry, i) => {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "file-button" + (i === current ? " current" : "");
+    button.textContent = `${entry.file.name} (${(entry.file.size / 1024).toFixed(0)} kB)`;
+    button.addEventListener("click", () => select(i));
+    item.append(button);
+    list.append(item);
+  });
+}
+
+// Show image i in the viewer: the server's rendering and heatmap after Predict, the browser's
+// own preview before.
+function select(i) {
+  current = i;
+  renderFileList();
+  for (const row of $("images-rows").children) row.classList.toggle("current", Number(row.dataset.index) === i);
+  const entry = chosen[i];
+  const result = answer && answer.images[i];
   const preview = $("preview");
-  preview.dataset.failed = "";
-  preview.src = previewUrl; // DICOM will not render here: onerror asks the server for a rendering
+  $("preview-caption").textContent = entry ? `Uploaded image: ${entry.file.name}` : "Uploaded image";
+  if (result && result.error) {
+    hidePreview(`The server could not read this file: ${result.message}`);
+  } else if (result && result.image_png) {
+    preview.dataset.source = "server";
+    preview.src = "data:image/png;base64," + result.image_png;
+  } else if (entry) {
+    preview.dataset.source = "browser";
+    preview.src = entry.url;
+  }
+  showOverlay(result);
+}
+
+function hidePreview(message) {
+  $("preview").hidden = true;
+  $("preview").removeAttribute("src");
+  $("no-preview").hidden = false;
+  $("no-preview").textContent = message;
+}
+
+function showOverlay(result) {
+  const overlay = $("overlay");
+  const base = $("base");
+  if (result && result.heatmap_png) {
+    base.src = "data:image/png;base64," + result.image_png;
+    overlay.src = "data:image/png;base64," + result.heatmap_png;
+    base.hidden = overlay.hidden = false;
+    $("no-overlay").hidden = true;
+    const name = answer.layer;
+    const words = (info && info.cam_layer_labels && info.cam_layer_labels[name]) || name;
+    $("overlay-caption").textContent = `Grad-CAM overlay · ${words} · layer ${name}`;
+    return;
+  }
+  base.hidden = overlay.hidden = true;
+  $("no-overlay").hidden = false;
+  $("overlay-caption").textContent = "Grad-CAM overlay";
+  if (!answer) $("no-overlay").textContent = "The Grad-CAM overlay appears here after Predict";
+  else if (result && result.error) $("no-overlay").textContent = "No overlay: the server could not read this file";
+  else $("no-overlay").textContent = "Grad-CAM was not requested";
 }
 
 function setupPreview() {
   const preview = $("preview");
   preview.addEventListener("load", () => {
-    if (preview.src.startsWith("blob:")) preview.dataset.failed = "";
     preview.hidden = false;
     $("no-preview").hidden = true;
   });
   preview.addEventListener("error", () => {
-    preview.dataset.failed = "1";
-    preview.hidden = true;
-    $("no-preview").hidden = false;
-    $("no-preview").textContent = "No browser preview for this file (e.g. DICOM): the server's rendering appears after Predict";
+    if (!preview.getAttribute("src")) return;
+    const entry = chosen[current];
+    hidePreview(entry && entry.dicom
+      ? "DICOM file: browsers cannot display it; the server's rendering appears after Predict"
+      : "Your browser cannot display this file; after Predict the server says whether it can read it");
   });
 }
 
@@ -88,37 +196,53 @@ function setupDrop() {
   }
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
-    choose(event.dataTransfer.files[0]);
+    choose(event.dataTransfer.files);
   });
-  $("file").addEventListener("change", (event) => choose(event.target.files[0]));
+  $("file").addEventListener("change", (event) => choose(event.target.files));
+}
+
+function setupOpacity() {
+  const slider = $("opacity");
+  const apply = () => {
+    $("overlay").style.opacity = String(slider.value / 100);
+    $("opacity-value").textContent = `${slider.value} %`;
+  };
+  slider.addEventListener("input", apply);
+  apply();
 }
 
 async function predict(event) {
-  event.preventDefault();
-  if (!chosen) return;
+  if (event) event.preventDefault();
+  if (!chosen.length) return;
   showError("");
   const button = $("predict");
   button.disabled = true;
-  button.textContent = "Predicting…";
-  const wantCam = $("want-cam").checked && !$("layer").disabled;
-  const query = new URLSearchParams();
-  if (wantCam) {
+  button.textContent = chosen.length > 1 ? `Predicting ${chosen.length} images…` : "Predicting…";
+  const query = new URLSearchParams({ image: "1" });
+  if ($("want-cam").checked && !$("layer").disabled) {
     query.set("cam", "1");
     query.set("layer", $("layer").value);
   }
-  if ($("preview").dataset.failed) query.set("image", "1");
   const body = new FormData();
-  body.append("file", chosen);
+  for (const entry of chosen) body.append("files", entry.file);
   try {
-    const response = await fetch("/api/predict?" + query, { method: "POST", body });
-    let answer;
+    const response = await fetch("/api/study?" + query, { method: "POST", body });
+    let reply;
     try {
-      answer = await response.json();
+      reply = await response.json();
     } catch {
       throw new Error(`the server answered ${response.status} ${response.statusText}`);
     }
-    if (!response.ok) throw new Error(answer.message || answer.error);
-    showResult(answer);
+    if (!response.ok) {
+      if (reply.images) {  // no file was readable: keep the per-file reasons for the viewer
+        answer = reply;
+        $("result").hidden = true;
+        select(current);
+      }
+      throw new Error(reply.message || reply.error);
+    }
+    answer = reply;
+    showResult();
   } catch (err) {
     showError("Prediction failed: " + err.message);
   } finally {
@@ -127,32 +251,78 @@ async function predict(event) {
   }
 }
 
-function showResult(answer) {
-  $("probability").textContent = formatPercent(answer.probability);
+function showResult() {
+  const study = answer.study;
+  const several = answer.images.length > 1;
+  $("result-title").textContent = several ? `Study of ${answer.images.length} images` : "Result";
+  $("probability").textContent = percent(study.probability);
+  $("probability-unit").textContent = several
+    ? `fracture probability of the study (mean of ${study.images} image${study.images > 1 ? "s" : ""})`
+    : "fracture probability";
   const label = $("label");
-  label.textContent = answer.label === "abnormal" ? "Abnormal: fracture suspected" : "Normal: below the threshold";
-  label.className = "label " + answer.label;
-  $("threshold").textContent = formatPercent(answer.threshold) + " (abnormal above)";
+  label.textContent = verdictWords(study);
+  label.className = verdictClass(study);
+  $("verdict-note").textContent = verdictNote(study, answer.threshold, answer.uncertain_band,
+    several ? "this study" : "this image") +
+    (study.failed ? ` ${study.failed} unreadable file${study.failed > 1 ? "s" : ""} left out of the mean.` : "");
+  $("threshold").textContent = percent(answer.threshold) + " (abnormal above)";
   $("run").textContent = answer.run;
   $("elapsed").textContent = `${answer.elapsed_ms} ms on the server`;
+  renderImageRows(several);
+  $("intro").hidden = true;
   $("result").hidden = false;
-  if (answer.image_png) $("preview").src = "data:image/png;base64," + answer.image_png;
-  const overlay = $("overlay");
-  if (answer.cam_png) {
-    overlay.src = "data:image/png;base64," + answer.cam_png;
-    overlay.hidden = false;
-    $("no-overlay").hidden = true;
-    $("overlay-caption").textContent = `Grad-CAM overlay, layer ${answer.layer}`;
-  } else {
-    overlay.hidden = true;
-    $("no-overlay").hidden = false;
-    $("no-overlay").textContent = "Grad-CAM was not requested";
-  }
+  select(Math.min(current, answer.images.length - 1));
+}
+
+function renderImageRows(several) {
+  const rows = $("images-rows");
+  rows.replaceChildren();
+  $("images-table").hidden = !several;
+  if (!several) return;
+  answer.images.forEach((image, i) => {
+    const row = document.createElement("tr");
+    row.dataset.index = String(i);
+    row.tabIndex = 0;
+    row.addEventListener("click", () => select(i));
+    row.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(i); } });
+    const name = document.createElement("td");
+    name.className = "name";
+    if (image.image_png) {
+      const thumb = document.createElement("img");
+      thumb.className = "thumb";
+      thumb.alt = "";
+      thumb.src = "data:image/png;base64," + (image.cam_png || image.image_png);
+      name.append(thumb);
+    }
+    name.append(document.createTextNode(image.name || `file ${i + 1}`));
+    const probability = document.createElement("td");
+    const verdict = document.createElement("td");
+    const pill = document.createElement("span");
+    if (image.error) {
+      probability.textContent = "–";
+      pill.className = "label unreadable";
+      pill.textContent = "Unreadable";
+      pill.title = image.message;
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = image.message;
+      name.append(reason);
+    } else {
+      probability.textContent = percent(image.probability);
+      pill.className = verdictClass(image);
+      pill.textContent = image.uncertain ? "Uncertain" : image.label === "abnormal" ? "Abnormal" : "Normal";
+    }
+    verdict.append(pill);
+    row.append(name, probability, verdict);
+    rows.append(row);
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   setupPreview();
   setupDrop();
+  setupOpacity();
   $("form").addEventListener("submit", predict);
+  $("layer").addEventListener("change", () => { if (answer && answer.study) predict(); });
   loadModelInfo();
 });
