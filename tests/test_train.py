@@ -21,7 +21,7 @@ RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipp
 
 def test_train_selects_on_validation_and_leaves_test_alone(trained_alone):
     """train writes val scores (with intervals) and the threshold; the test split stays unseen."""
-    assert set(RUN_FILES) - set(trained_alone["files"]) == {"predictions_test.csv"}
+    assert set(RUN_FILES) - set(trained_alone["files"]) == {"predictions_test.csv", "plots/test/roc.png"}
     metrics = trained_alone["metrics"]
     assert "test" not in metrics and metrics["threshold"] == 0.5 and metrics["threshold_rule"] == "fixed by the config"
     assert set(metrics["val"]["study"]) >= {"auc_ci", "kappa_ci", "sensitivity_ci", "specificity_ci", "accuracy_ci"}
