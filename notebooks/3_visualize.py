@@ -141,7 +141,8 @@ nb.png(loaded.path / "plots" / "cam_sanity.png")
 
 # %% [markdown]
 # The verdict per method and layer: the mean rank correlation with every layer randomized, and
-# whether it is below 0.5.
+# whether it is below 0.5. NaN (and no pass) means every original map was blank: the model found
+# no positive evidence on that layer, so there was nothing to test.
 
 # %% tags=["nbval-ignore-output"]
 pd.DataFrame(cam.verdicts(sanity), index=["spearman, all randomized", "passes"]).T
