@@ -1,5 +1,7 @@
 """What the notebooks call besides the core API: profiles, the repository's paths, reusing a run,
-and figures. The notebooks stay thin: every step that needs more than a call or two lives here.
+its final test evaluation (once), and the one figure the package does not draw (sample images; the
+run's figures come from fracture.plots, the maps' from fracture.cam). The notebooks stay thin:
+every step that needs more than a call or two lives here.
 
 Profiles (the notebooks' `profile` parameter):
     "full"   the demo recipe (configs/demo.yaml) on data/synthetic, or any config file you name;
@@ -167,95 +169,37 @@ def predictions(run, split: str = "test"):
     return pd.read_csv(Path(run.path) / f"predictions_{split}.csv")
 
 
+def final_test_scores(run) -> tuple[dict, bool]:
+    """(the run's final test scores, evaluated now?). The test split is the final report, evaluated
+    once: a run whose metrics.json already holds it (`make demo` evaluates it) is not scored again,
+    so re-running the notebook never turns the test split into a second validation set."""
+    from fracture.evaluate import evaluate
+
+    stored = run.metrics.get("test")
+    if isinstance(stored, dict) and stored.get("final"):
+        return stored, False
+    return evaluate(run, split="test"), True
+
+
 # --------------------------------------------------------------------------------------------
-# figures (Figure objects: Jupyter shows one returned as a cell's last value)
-# TODO(figures helper): switch these to fracture/plots.py once it lands.
+# figures: the run's figures come from fracture.plots and fracture.cam; only what they do not
+# draw lives here (Figure objects: Jupyter shows one returned as a cell's last value)
 # --------------------------------------------------------------------------------------------
-def _figure(width: float, height: float, cols: int = 1, rows: int = 1):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, np.atleast_1d(fig.subplots(rows, cols))
-
-
 def samples_figure(frame, n: int = 8, seed: int = 0):
     """A row of training images, half normal, half abnormal, titled with label and patient."""
     import pandas as pd
 
     from fracture.imageio import read_gray
+    from fracture.plots import new_figure
 
     train = frame[frame["split"] == "train"]
     picks = pd.concat([part.sample(min(n // 2, len(part)), random_state=seed)
                        for _, part in train.groupby("label")])
-    fig, axes = _figure(2 * len(picks), 2.6, cols=len(picks))
-    for ax, row in zip(axes, picks.itertuples()):
+    fig = new_figure(2 * len(picks), 2.6)
+    for ax, row in zip(np.atleast_1d(fig.subplots(1, len(picks))), picks.itertuples()):
         ax.imshow(read_gray(row.path), cmap="gray")
         ax.set_title(f"{'abnormal' if row.label else 'normal'}\n{row.patient}", fontsize=8)
         ax.set_axis_off()
-    return fig
-
-
-def curves_figure(run_dir):
-    """Loss and AUC per epoch from the run's history.csv: training solid, validation dashed."""
-    import pandas as pd
-    from matplotlib.ticker import MaxNLocator
-
-    history = pd.read_csv(Path(run_dir) / "history.csv")
-    fig, axes = _figure(10, 3.8, cols=2)
-    for ax, metric in zip(axes, ("loss", "auc")):
-        for column, style, name in ((metric, "-", "training"), (f"val_{metric}", "--", "validation")):
-            if column in history:
-                ax.plot(history["epoch"] + 1, history[column], style, marker=".", label=name)
-        ax.set(xlabel="epoch", title=metric)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.legend()
-    return fig
-
-
-def _levels(frame):
-    from fracture.evaluate import study_level
-
-    return (("image", frame), ("study", study_level(frame)))
-
-
-def roc_pr_figure(frame):
-    """ROC and precision-recall curves at image and study level (a study = mean of its images)."""
-    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
-
-    fig, (roc, pr) = _figure(10, 4.4, cols=2)
-    for name, part in _levels(frame):
-        if part["label"].nunique() == 2:
-            RocCurveDisplay.from_predictions(part["label"], part["probability"], name=name, ax=roc)
-            PrecisionRecallDisplay.from_predictions(part["label"], part["probability"], name=name, ax=pr)
-    roc.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    roc.set_title("ROC")
-    pr.axhline(frame["label"].mean(), linestyle=":", color="grey", label="chance (image)")
-    pr.set_title("precision-recall")
-    for ax in (roc, pr):
-        ax.legend(loc="lower right" if ax is roc else "lower left")
-    return fig
-
-
-def confusion_figure(frame, threshold: float):
-    """Confusion matrices at image and study level, abnormal when probability > threshold."""
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    from fracture.scores import is_abnormal
-
-    fig, axes = _figure(9, 4, cols=2)
-    for ax, (name, part) in zip(axes, _levels(frame)):
-        predicted = np.asarray(is_abnormal(part["probability"].to_numpy(), threshold), dtype=int)
-        ConfusionMatrixDisplay.from_predictions(part["label"], predicted, labels=[0, 1], ax=ax, colorbar=False,
-                                                display_labels=["normal", "abnormal"])
-        ax.set_title(f"{name} level ({len(part)}), threshold {threshold}")
-    return fig
-
-
-def image_figure(picture, width: float = 8):
-    """One array (a feature grid, an overlay) shown without axes."""
-    fig, (ax,) = _figure(width, width * picture.shape[0] / picture.shape[1])
-    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
-    ax.set_axis_off()
     return fig
 
 

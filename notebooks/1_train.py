@@ -18,8 +18,9 @@
 #
 # **What you will learn:** how `fracture` turns a folder of radiographs into a trained Keras
 # model and a scored run folder: the patient-level split, class weighting, a DenseNet121 with its
-# preprocessing inside the model, training with Keras callbacks, and the MURA evaluation at image
-# and study level (ROC, precision-recall, confusion matrices, Cohen's kappa).
+# preprocessing inside the model, training with Keras callbacks, model and threshold selection on
+# validation only, and the final, once-only test evaluation at image and study level (95 %
+# bootstrap intervals, ROC, precision-recall, calibration, confusion matrices, Cohen's kappa).
 #
 # **Time and hardware:** with `profile = "full"` this notebook uses the demo recipe
 # (`configs/demo.yaml`: DenseNet121 from scratch on the synthetic MURA-format data of `make data`).
@@ -57,8 +58,12 @@ verbose = "auto"  # Keras output while training: auto = progress bar here, 2 = o
 
 # %% tags=["nbval-ignore-output"]
 # %matplotlib inline
+import pandas as pd
+
 import fracture as fr
 from fracture import notebook as nb
+from fracture import plots
+from fracture.evaluate import format_table
 from fracture.train import class_weights
 
 cfg = nb.config(profile, config_file, data_dir=data_dir, image_size=image_size, epochs=epochs,
@@ -71,8 +76,8 @@ nb.settings(cfg, "data_dir", "backbone", "weights", "image_size", "batch_size", 
 # ## Data
 # One table row per image: path, label (read from the study folder's name), patient, study, study
 # type and split. MURA's own `valid` folder is our test set and plays no part in training or in
-# picking the best epoch; validation patients are carved out of `train`. You should see image,
-# study and patient counts per split and class.
+# picking the best epoch or the threshold; validation patients are carved out of `train`. You
+# should see image, study and patient counts per split and class.
 
 # %% tags=["nbval-ignore-output"]
 frame = fr.load_index(cfg)
@@ -134,46 +139,88 @@ model.summary(layer_range=["relu", model.layers[-1].name], show_trainable=True)
 
 # %% tags=["nbval-ignore-output"]
 run_dir, reused = nb.train_or_reuse(cfg, reuse)
-print(("reused the complete run " if reused else "trained ") + run_dir.name)
+run = nb.load_run(str(run_dir), profile)
+print(("reused the complete run " if reused else "trained ") + run.name)
 
 # %% [markdown]
-# Loss and AUC per epoch. You should see the training loss fall and the validation AUC rise; the
-# validation curve is not smooth from epoch to epoch, which is why the best epoch, not the last,
-# is the saved model.
+# Loss, AUC, accuracy and learning rate per epoch (training solid, validation dashed; the dotted
+# line and the star mark the best epoch). You should see the training loss fall and the validation
+# AUC rise; the validation curve is not smooth from epoch to epoch, which is why the best epoch,
+# not the last, is the saved model.
 
 # %% tags=["figure"]
-nb.curves_figure(run_dir)
+plots.training_curves(pd.read_csv(run_dir / "history.csv"), run.metrics["best_epoch"])
 
 # %% [markdown]
-# ## Evaluation
-# The saved model on the test split, per image and per study. **Why study level:** MURA labels
-# studies, not images, and a radiologist reads all views of a study together; a study's
-# probability is the mean of its images' probabilities, called abnormal above the threshold.
-# Cohen's kappa measures agreement beyond chance (the paper's model reached 0.600 on humerus).
+# ## Selection uses validation only
+# Everything chosen about the model is chosen on the validation patients: the best epoch, and
+# with `threshold = "auto"` the decision threshold (at study level, Youden's J or the lowest
+# sensitivity you ask for with `target_sensitivity`). `run.threshold` is the one every reader of
+# the run uses (the CLI, the web app, the other notebooks). The validation scores below are
+# optimistic for that reason: they are not the result to report. Each value carries its 95 %
+# bootstrap interval (patients resampled, so one patient's images move together): `0.91
+# (0.87–0.94)`.
 
 # %% tags=["nbval-ignore-output"]
-run = nb.load_run(str(run_dir), profile)
-test = nb.predictions(run)
-fr.summary_table(run.metrics["test"])
+print(f"best epoch {run.metrics['best_epoch']}; threshold {run.threshold:g} ({run.metrics['threshold_rule']})")
+print(format_table(run.metrics["val"]))
 
 # %% [markdown]
-# ROC and precision-recall curves at both levels. The precision-recall curve's chance line is the
-# share of abnormal images: with fewer positives it tells more than the ROC does.
+# ## Final evaluation on the test split, once
+# MURA's own `valid` folder is our test split: it played no part in training, in picking the epoch
+# or in choosing the threshold, and it is scored once, after all choices are made
+# (`fr.evaluate(run, split="test")`, the same as `python -m fracture evaluate --split test`,
+# stored in `metrics.json` with `final: true`). A run whose test split is already scored (`make
+# demo` does it) is not scored again: looking at the test split twice and changing anything in
+# between would make it a second validation set.
+#
+# **Why study level:** MURA labels studies, not images, and a radiologist reads all views of a
+# study together; a study's probability is the mean of its images' probabilities, called abnormal
+# above the threshold. Cohen's kappa measures agreement beyond chance (the paper's model reached
+# 0.600 on humerus). Read the intervals before the point values: on a test split of a few hundred
+# images they are several points wide, and two runs whose intervals overlap are not shown to differ.
 
-# %% tags=["figure"]
-nb.roc_pr_figure(test)
+# %% tags=["nbval-ignore-output"]
+scores, now = nb.final_test_scores(run)
+print(("evaluated the test split now" if now else "the test split was already evaluated")
+      + f" ({scores['evaluated']}, {scores['evaluations']} evaluation(s)); threshold {scores['threshold']:g}")
+print(format_table(scores))
 
 # %% [markdown]
-# Confusion matrices at the run's threshold. Read the off-diagonal cells: top right are normal
-# images called abnormal, bottom left are missed abnormalities.
+# ROC and precision-recall curves at both levels, with the operating point at the run's threshold
+# (the dot). The precision-recall curve's dotted lines are the share of abnormal images and
+# studies (a model without skill): with fewer positives it tells more than the ROC does.
 
 # %% tags=["figure"]
-nb.confusion_figure(test, run.config.threshold)
+test = nb.predictions(run, "test")
+display(plots.roc(test, run.threshold, "test"))
+display(plots.precision_recall(test, run.threshold, "test"))
+
+# %% [markdown]
+# **Calibration:** does a predicted 0.8 mean 8 in 10 are abnormal? The reliability diagram bins
+# the probabilities (a calibrated model follows the diagonal; the Brier score is in the legend);
+# below it, the probabilities of normal and abnormal images with the threshold dashed. A
+# class-weighted loss shifts probabilities up for the rarer class, so expect the curve off the
+# diagonal even for a model that ranks well.
+
+# %% tags=["figure"]
+plots.calibration(test, "test", threshold=run.threshold)
+
+# %% [markdown]
+# Confusion matrices at the run's threshold, image level and study level side by side, counts
+# and the share of each true class. Read the off-diagonal cells: top right are normal cases
+# called abnormal, bottom left are missed abnormalities.
+
+# %% tags=["figure"]
+plots.confusion_matrices(test, run.threshold, "test")
 
 # %% [markdown]
 # ## The run folder
 # Everything the other notebooks, the CLI and the web app need: the model, its resolved config,
-# the history, metrics, per-image predictions and plots.
+# the history, `metrics.json` (validation scores, the threshold, the final test scores, with
+# intervals), per-image predictions of each scored split, and the figures: `plots/curves.png`
+# once, and `plots/val/` (written by training) and `plots/test/` (written by the final
+# evaluation), so the two splits' figures never overwrite each other.
 
 # %% tags=["nbval-ignore-output"]
 nb.relative_files(run_dir)

@@ -17,8 +17,9 @@
 # # 2 · Load a trained run and predict
 #
 # **What you will learn:** how to load a run folder written by `1_train` (or
-# `python -m fracture train`), check that it reproduces its stored test metrics, predict single
-# image files, and build MURA's study-level score from image probabilities.
+# `python -m fracture train`), check that it reproduces the validation scores stored at training
+# time, predict single image files at the run's threshold, and build MURA's study-level score
+# from image probabilities.
 #
 # **Time and hardware:** about a minute on a 2-core CPU; it needs a trained run (`make demo`,
 # or the train notebook). The stored outputs come from the demo recipe's run.
@@ -32,42 +33,49 @@ run = ""  # a run folder, e.g. saved_models/20261123-101500-densenet121; empty: 
 
 # %% [markdown]
 # ## Setup
-# `nb.load_run` returns the model, its resolved config and its stored metrics. You should see the
-# run, its backbone, input size and threshold.
+# `nb.load_run` returns the model, its resolved config and its stored metrics. `loaded.threshold`
+# is the decision threshold every reader of the run uses: the config's number, or for
+# `threshold = "auto"` the one chosen on validation at training time (stored in `metrics.json`).
+# You should see the run, its backbone, input size and threshold with the rule that set it.
 
 # %% tags=["nbval-ignore-output"]
 # %matplotlib inline
 import fracture as fr
 from fracture import notebook as nb
+from fracture.evaluate import format_table
 
 loaded = nb.load_run(run, profile)
 print("profile:", nb.profile(profile), "| run:", loaded.name)
 print("backbone:", loaded.config.backbone, "| input:", loaded.model.input_shape, "| threshold:",
-      loaded.config.threshold)
+      f"{loaded.threshold:g} ({loaded.metrics.get('threshold_rule', 'config')})")
 
 # %% [markdown]
 # ## Re-evaluate
-# The test split is read again from the run's data source, decoded and scored. This is the check
-# that the saved model, not just the training process, holds what was measured.
+# The validation split is read again from the run's data source, decoded and scored
+# (`write=False`: nothing in the run folder changes). This is the check that the saved model, not
+# just the training process, holds what was measured. It uses validation, not test: the test
+# split is the final report, scored once (`1_train`, or `python -m fracture evaluate --split
+# test`), and re-scoring it is not a habit to start. The values carry 95 % bootstrap intervals.
 
 # %% tags=["nbval-ignore-output"]
-scores = fr.evaluate(loaded, write=False)
-fr.summary_table(scores)
+scores = fr.evaluate(loaded, split="val", write=False)
+print(format_table(scores))
 
 # %% [markdown]
-# You should see `True`: the numbers equal what training stored.
+# You should see `True`: the numbers equal what training stored, threshold included.
 
 # %%
-stored = loaded.metrics["test"]
-same = all(abs(scores[level][key] - stored[level][key]) < 1e-6
-           for level in ("image", "study") for key in ("accuracy", "auc", "kappa", "sensitivity", "specificity"))
+stored = loaded.metrics["val"]
+same = scores["threshold"] == loaded.threshold and all(
+    abs(scores[level][key] - stored[level][key]) < 1e-6
+    for level in ("image", "study") for key in ("accuracy", "auc", "kappa", "sensitivity", "specificity"))
 print("re-evaluation equals the stored metrics:", same)
 
 # %% [markdown]
 # ## Predict single images
 # Any image file (PNG, JPEG, DICOM) or folder: the saved model takes raw pixels, so nothing but
 # the file is needed. You should see one row per image with its probability and its label at the
-# run's threshold.
+# run's threshold (`loaded.threshold`, the same one the CLI and the web app apply).
 
 # %%
 paths = fr.load_index(loaded.config).query("split == 'test'")["path"].head(4).tolist()
@@ -78,14 +86,15 @@ nb.relative_paths(fr.predict_paths(loaded, paths))
 
 # %% [markdown]
 # ## Study level
-# MURA scores a study by the mean of its images' probabilities. Here is the study with the most
-# images: its images, then the study row. One confident view can outvote an unsure one, which is
-# the point: a radiologist also reads the views together.
+# MURA scores a study by the mean of its images' probabilities. Here is the validation study with
+# the most images (from the predictions training stored): its images, then the study row. One
+# confident view can outvote an unsure one, which is the point: a radiologist also reads the
+# views together.
 
 # %% tags=["nbval-ignore-output"]
-test = nb.predictions(loaded)
-study = test.groupby("study").size().idxmax()
-images_of_study = test[test["study"] == study]
+val = nb.predictions(loaded, "val")
+study = val.groupby("study").size().idxmax()
+images_of_study = val[val["study"] == study]
 display(nb.relative_paths(images_of_study)[["path", "label", "probability"]])
 fr.study_level(images_of_study)
 

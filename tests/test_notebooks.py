@@ -22,7 +22,8 @@ PARAMETERS = {  # the variables each notebook's parameters cell must define, pap
     "1_train.ipynb": {"profile", "config_file", "data_dir", "image_size", "epochs", "batch_size", "run_name",
                       "reuse", "verbose"},
     "2_load.ipynb": {"profile", "run"},
-    "3_visualize.ipynb": {"profile", "run", "layers", "methods", "images", "localization_layers"},
+    "3_visualize.ipynb": {"profile", "run", "layers", "methods", "images", "sanity_methods", "sanity_layers",
+                          "sanity_images", "localization_layers"},
 }
 
 
