@@ -224,3 +224,14 @@ def test_sizes(tmp_path):
     assert shapes and all(max(s) <= 48 for s in shapes)
     with pytest.raises(FractureError, match="too small"):
         synth.generate(tmp_path / "tiny", patients=2, max_size=8)
+
+
+def test_cli_difficulty(tmp_path, capsys):
+    from fracture.cli import main
+
+    kw = ["--patients", "3", "--seed", "4", "--max-size", "64"]
+    assert main(["synth", "--out", str(tmp_path / "a"), "--difficulty", "hard", *kw]) == 0
+    synth.generate(tmp_path / "b", patients=3, seed=4, max_size=64, difficulty="hard")
+    assert tree_bytes(tmp_path / "a" / "MURA-v1.1") == tree_bytes(tmp_path / "b" / "MURA-v1.1")
+    assert main(["synth", "--out", str(tmp_path / "c"), "--difficulty", "hard,width=1", *kw]) == 2
+    assert "unknown difficulty key 'width'" in capsys.readouterr().err
