@@ -52,13 +52,14 @@ browser: ## install Debian's Chromium for the web-app browser test (system packa
 	else echo "chromium not installed and no root apt: the browser test will be skipped with that reason"; fi
 
 $(SYNTH)/train_image_paths.csv: | $(DEMO_STAMP)
-	$(PY) -m fracture synth --out data/synthetic --patients 300 --seed 0
+	$(PY) -m fracture synth --out data/synthetic --patients 300 --seed 0 --difficulty medium
 
 data: $(SYNTH)/train_image_paths.csv ## generate the synthetic MURA-format dataset in data/synthetic
 
-demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> CAM panels in layer_outputs/
+demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels in layer_outputs/
 	$(PY) -m fracture train --config configs/demo.yaml
 	$(PY) -m fracture evaluate --split test
+	$(PY) -m fracture cam --evaluate --layers relu --methods gradcam --limit 60
 	$(PY) -m fracture cam --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
 
 test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browser test skips, saying why, without `make browser`)

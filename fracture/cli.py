@@ -22,7 +22,8 @@ def cmd_synth(args):
     from fracture.synth import generate
 
     root = generate(args.out, patients=args.patients, seed=args.seed,
-                    study_types=tuple(args.study_types.split(",")), max_size=args.max_size)
+                    study_types=tuple(args.study_types.split(",")), max_size=args.max_size,
+                    difficulty=args.difficulty)
     print(f"synthetic MURA-format data: {root}")
 
 
@@ -116,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--study-types", default="XR_HUMERUS", help="comma list of XR_* types")
     p.add_argument("--max-size", type=int, default=512, help="long side of the largest images, px")
+    p.add_argument("--difficulty", default="easy",
+                   help="easy, medium or hard, optionally followed by overrides, e.g. "
+                        "'medium,shift=0.2-0.4,hairline=0.5'; keys: gap (crack width / image height), "
+                        "depth (crack contrast 0-1), shift (step / shaft radius), hairline (share of "
+                        "positives with a hairline crack: thinner, no step)")
     p.set_defaults(func=cmd_synth)
 
     p = verbs.add_parser("train", help="train a model; writes saved_models/<run>/", epilog=config_keys_epilog())

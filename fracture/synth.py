@@ -7,6 +7,13 @@ both, and adds `fracture_boxes.csv` (MURA has no boxes) so CAMs can be checked a
 Every random draw of an image happens in the same order whatever its label and the crack is the
 only thing the label changes: size, contrast, rotation, position and distractors have identical
 distributions in both classes, so a model can only score by finding the crack.
+
+The crack is local, so its box is valid localization ground truth: the fragments step sideways at
+the crack line and are back in line one shaft radius away (not a whole fragment shifted), and at
+least 90 % of the pixel change a positive carries lies inside its box (tests/test_synth.py). How
+hard the crack is to see (width, contrast, step, share of hairline cracks) is the `difficulty`
+(DIFFICULTY levels, `python -m fracture synth --difficulty`); the draws, and so the films and the
+negatives, are the same at every level.
 """
 import logging
 import math
@@ -24,6 +31,18 @@ log = logging.getLogger(__name__)
 
 ROOT_NAME = "MURA-v1.1"
 BOXES_CSV = "fracture_boxes.csv"
+
+# How hard the crack is to see. gap: crack width as a fraction of the image height (it scales with
+# the film so it survives the downscale to the model's size); depth: how much of the bone's density
+# the gap removes (contrast); shift: sideways step between the fragments as a fraction of the shaft
+# radius (displacement); hairline: share of positives whose crack is a hairline (gap x 0.35, no
+# step). Each is a (low, high) range drawn per image, hairline a probability.
+DIFFICULTY = {
+    "easy": {"gap": (0.035, 0.05), "depth": (0.9, 1.0), "shift": (0.6, 0.9), "hairline": 0.0},
+    "medium": {"gap": (0.02, 0.035), "depth": (0.65, 0.9), "shift": (0.3, 0.6), "hairline": 0.1},
+    "hard": {"gap": (0.012, 0.022), "depth": (0.4, 0.65), "shift": (0.1, 0.3), "hairline": 0.4},
+}
+HAIRLINE_GAP = 0.35  # a hairline crack's width relative to the drawn gap
 
 
 def _chord(radius, v):
@@ -43,8 +62,41 @@ def _texture(seed, h, w, scale):
     return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC) / 2, -1, 1)
 
 
-def _sample(rng, min_size, max_size):
+def parse_difficulty(text) -> dict:
+    """"medium" or "medium,shift=0.2-0.4,hairline=0.5" or a dict -> a full DIFFICULTY entry.
+
+    The first item may name a level (default "easy"); key=value items override its ranges
+    (low-high, or one number for both ends)."""
+    if isinstance(text, dict):
+        items, level = [f"{k}={v}" for k, v in text.items()], "easy"
+    else:
+        items = [t.strip() for t in str(text).split(",") if t.strip()]
+        level = items.pop(0) if items and "=" not in items[0] else "easy"
+    if level not in DIFFICULTY:
+        raise FractureError(f"unknown difficulty {level!r}; use one of {', '.join(DIFFICULTY)}")
+    out = dict(DIFFICULTY[level])
+    for item in items:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in out:
+            raise FractureError(f"unknown difficulty key {key!r}; use {', '.join(DIFFICULTY['easy'])}")
+        try:
+            if key == "hairline":
+                out[key] = float(value)
+            else:
+                lo, _, hi = str(value).strip().partition("-")
+                out[key] = (float(lo), float(hi or lo))
+        except ValueError:
+            raise FractureError(f"difficulty {item!r}: write {key}=low-high, e.g. shift=0.3-0.6") from None
+    ranges = [out[k] for k in out if k != "hairline"]
+    if not 0 <= out["hairline"] <= 1 or any(lo > hi or lo < 0 for lo, hi in ranges):
+        raise FractureError(f"difficulty {text!r}: ranges need 0 <= low <= high, hairline in [0, 1]")
+    return out
+
+
+def _sample(rng, min_size, max_size, difficulty=None):
     """Draw all parameters of one image; the crack's are drawn for negatives too (module doc)."""
+    level = difficulty or DIFFICULTY["easy"]
     p = {}
     p["H"] = h = int(rng.integers(min_size, max_size + 1))  # portrait: height is the long side
     p["W"] = w = max(8, int(round(h * rng.uniform(0.55, 1.0))))
@@ -63,9 +115,9 @@ def _sample(rng, min_size, max_size):
     p["phi"] = np.deg2rad(rng.uniform(-30, 30))
     p["jag"] = (rng.uniform(0.05, 0.12) * r, rng.uniform(1.5, 3.0) / r, rng.uniform(0, 2 * np.pi),
                 rng.uniform(4.0, 7.0) / r, rng.uniform(0, 2 * np.pi))
-    p["gap"] = rng.uniform(0.035, 0.05) * h
-    p["gap_depth"] = rng.uniform(0.9, 1.0)
-    p["shift"] = rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 0.9) * r  # >= 2 cortex thicknesses
+    p["gap"] = rng.uniform(*level["gap"]) * h
+    p["gap_depth"] = rng.uniform(*level["depth"])
+    p["shift"] = rng.choice([-1.0, 1.0]) * rng.uniform(*level["shift"]) * r
     # Place the bone so that the crack site (and a bone width around it) is always on the film.
     uc, st, ct = p["uc"], np.sin(p["theta"]), np.cos(p["theta"])
     for _ in range(20):
@@ -87,6 +139,8 @@ def _sample(rng, min_size, max_size):
     p["noise"] = rng.uniform(0.01, 0.03)
     p["marker"] = rng.random() < 0.5, "LR"[int(rng.integers(2))], int(rng.integers(4))
     p["noise_seed"] = int(rng.integers(2**31))
+    if rng.random() < level["hairline"]:  # drawn last: the draws above are the same at every level
+        p["gap"], p["shift"] = p["gap"] * HAIRLINE_GAP, 0.0
     # Plain Python floats: NumPy 2 lets a float64 scalar promote the float32 images to float64
     # (twice as slow).
     return {k: tuple(map(_plain, v)) if isinstance(v, tuple) else _plain(v) for k, v in p.items()}
@@ -103,30 +157,33 @@ def _crack_u(p, v):
     return p["uc"] + math.tan(p["phi"]) * v + a * wiggle
 
 
+def _fade(p, du):
+    """1 at the crack line, 0 from one shaft radius away: how much of the step a point takes."""
+    return 1.0 - _smoothstep(du / p["R"])
+
+
 def _box(p):
-    """Pixel box around the crack: its full oblique/jagged span and the step, plus a margin."""
-    r, d, m = p["R"], p["shift"], 0.25 * p["R"]
-    v0, v1 = min(0.0, d) - r - m, max(0.0, d) + r + m
-    du = abs(math.tan(p["phi"])) * max(-v0, v1) + 1.5 * p["jag"][0] + p["gap"] / 2 + m
+    """Pixel box around the crack: its oblique/jagged span, the stretch of shaft the step bends
+    (_fade), the stepped outline, plus a margin for the blur."""
+    r, d, m = p["R"], abs(p["shift"]), 0.25 * p["R"]
+    reach = max(r if d else 0.0, p["gap"])  # how far along the shaft the crack changes anything
+    u_line = abs(math.tan(p["phi"])) * 2.5 * r + 1.5 * p["jag"][0]  # crack-line span, |v| <= 2.5 r
+    u_ends = p["uc"] + np.array([-1.0, 1.0]) * (u_line + reach + m)
+    half = _half_width(p, np.linspace(*u_ends, 64))[0].max()  # wider where the shaft flares
+    v1 = half + d / 2 + m
+    du = abs(math.tan(p["phi"])) * v1 + 1.5 * p["jag"][0] + reach + m
     st, ct = math.sin(p["theta"]), math.cos(p["theta"])
-    us, vs = np.array([-du, -du, du, du]) + p["uc"], np.array([v0, v1, v0, v1])
+    us, vs = np.array([-du, -du, du, du]) + p["uc"], np.array([-v1, v1, -v1, v1])
     xs, ys = p["cx"] + us * st + vs * ct, p["cy"] + us * ct - vs * st  # bone frame -> image
     x0, x1 = max(0, int(np.floor(xs.min()))), min(p["W"], int(np.floor(xs.max())) + 1)
     y0, y1 = max(0, int(np.floor(ys.min()))), min(p["H"], int(np.floor(ys.max())) + 1)
     return x0, y0, x1, y1
 
 
-def _render(p, crack):
-    """Float image -> uint8; everything is computed in the bone's own (u along, v across) frame."""
-    h, w, big_l, r = p["H"], p["W"], p["L"], p["R"]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    dx, dy = xx - p["cx"], yy - p["cy"]
-    st, ct = math.sin(p["theta"]), math.cos(p["theta"])
-    u, v = dx * st + dy * ct, dx * ct - dy * st
-    vb, crack_u = v, _crack_u(p, v)
-    if crack:  # the fragment beyond the crack line is displaced sideways
-        vb = v - np.float32(p["shift"]) * (u > crack_u)
-    # Long-bone outline: shaft widening into epiphyses, rounded ends; head end chosen by p["head"].
+def _half_width(p, u):
+    """Long-bone outline at u: shaft widening into epiphyses, rounded ends, head end chosen by
+    p["head"]. Returns (half width, how far into an epiphysis 0..1, u signed towards the head)."""
+    big_l, r = p["L"], p["R"]
     ua = u * p["head"]
     head = ua < 0
     k_end = np.where(head, np.float32(p["k_head"]), np.float32(p["k_distal"]))
@@ -137,6 +194,21 @@ def _render(p, crack):
     cap = r * k_end * np.where(head, np.float32(0.95), np.float32(0.55))
     over = (np.abs(ua) - (big_l / 2 - cap)) / cap
     rw = rw * np.sqrt(np.clip(1 - np.maximum(over, 0) ** 2, 0, 1)) * (over < 1)
+    return rw, ends, ua
+
+
+def _render(p, crack):
+    """Float image -> uint8; everything is computed in the bone's own (u along, v across) frame."""
+    h, w, big_l, r = p["H"], p["W"], p["L"], p["R"]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xx - p["cx"], yy - p["cy"]
+    st, ct = math.sin(p["theta"]), math.cos(p["theta"])
+    u, v = dx * st + dy * ct, dx * ct - dy * st
+    vb, crack_u = v, _crack_u(p, v)
+    if crack:  # the fragments step sideways at the crack, back in line one shaft radius away
+        du = u - crack_u
+        vb = v - np.float32(p["shift"] / 2) * np.sign(du) * _fade(p, np.abs(du))
+    rw, ends, ua = _half_width(p, u)
     # Hollow tube: bright cortex, darker canal; the ends hold spongy bone and a thinner cortex.
     inner = np.maximum(rw - p["cortex"] * r * (1 - 0.65 * ends), 0)
     bone = (_chord(rw, vb) - (0.96 - 0.4 * ends) * _chord(inner, vb)) / (2 * r)
@@ -171,15 +243,18 @@ def _render(p, crack):
     return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _make_image(seed, positive, min_size=256, max_size=512):
+def _make_image(seed, positive, min_size=256, max_size=512, difficulty=None):
     """One image from its own seed: (uint8 array, box where the crack is, or would be)."""
-    p = _sample(np.random.default_rng(seed), min_size, max_size)
+    p = _sample(np.random.default_rng(seed), min_size, max_size, difficulty)
     return _render(p, crack=positive), _box(p)
 
 
 def generate(out_dir, patients=60, seed=0, study_types=("XR_HUMERUS",), valid_fraction=0.25,
-             max_size=512, min_size=256) -> pathlib.Path:
-    """Write a synthetic MURA v1.1 tree under out_dir/MURA-v1.1 and return that MURA-v1.1 path."""
+             max_size=512, min_size=256, difficulty="easy") -> pathlib.Path:
+    """Write a synthetic MURA v1.1 tree under out_dir/MURA-v1.1 and return that MURA-v1.1 path.
+
+    difficulty: a DIFFICULTY level name, "level,key=low-high,..." or a dict (parse_difficulty)."""
+    level = parse_difficulty(difficulty)  # before anything is written: a typo costs nothing
     min_size = min(min_size, max_size)  # so `--max-size 128` alone works
     if min_size < 16:
         raise FractureError(f"images of {min_size} px are too small for a bone; use min_size >= 16")
@@ -212,7 +287,7 @@ def generate(out_dir, patients=60, seed=0, study_types=("XR_HUMERUS",), valid_fr
             lines[split][1].append(f"{study},{int(positive)}")
             (root.parent / study).mkdir(parents=True)
             for k in range(1, int(rng.integers(1, 5)) + 1):
-                img, box = _make_image(int(rng.integers(2**63)), positive, min_size, max_size)
+                img, box = _make_image(int(rng.integers(2**63)), positive, min_size, max_size, level)
                 rel = f"{study}image{k}.png"
                 cv2.imwrite(str(root.parent / rel), img)
                 lines[split][0].append(rel)

@@ -94,6 +94,21 @@ def compile_model(model, cfg) -> None:
     )
 
 
+def stop_at_target(monitor: str, target: float):
+    """A Keras callback that ends training after the first epoch whose `monitor` reaches `target`
+    (stateless, so a resumed run needs nothing restored)."""
+    import keras
+
+    class StopAtTarget(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if (logs or {}).get(monitor, float("-inf")) >= target:
+                log.info("%s reached %.3f (target %.3f): stopping after epoch %d", monitor, logs[monitor],
+                         target, epoch + 1)
+                self.model.stop_training = True
+
+    return StopAtTarget()
+
+
 def make_callbacks(cfg, run_dir: Path) -> list:
     """Keras callbacks in the order they must run at an epoch's end: the backup (the commit) last."""
     import keras
@@ -106,6 +121,9 @@ def make_callbacks(cfg, run_dir: Path) -> list:
     if cfg.early_stopping:
         early = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.early_stopping,
                                               restore_best_weights=False)
+    # A target rather than a patience: the demo's from-scratch model sits at chance for several
+    # epochs before it learns, which a patience would mistake for a plateau (issue 14.6).
+    target = stop_at_target("val_auc", cfg.stop_at_val_auc) if cfg.stop_at_val_auc else None
     if cfg.plateau_patience:
         plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=cfg.plateau_patience)
     callbacks = [
@@ -114,7 +132,7 @@ def make_callbacks(cfg, run_dir: Path) -> list:
         # part of the optimizer state the backup restores, so a resumed run continues the decay.
         keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr if epoch == 0 else lr * gamma),
         keras.callbacks.TerminateOnNaN(),
-        *[cb for cb in (early, plateau) if cb is not None],
+        *[cb for cb in (early, plateau, target) if cb is not None],
         # After the callbacks above, so the row includes what they added (learning_rate).
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         # Last: its on_epoch_end commits the epoch, after every other file of that epoch is written.
