@@ -141,14 +141,17 @@ class Peaks(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peaks = {"RssAnon": 0, "RssFile": 0}
+        self.peaks = {"RssAnon": 0, "RssFile": 0, "VmHWM": 0}
+
+    def sample(self):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in self.peaks:
+                self.peaks[key] = max(self.peaks[key], int(value.split()[0]) * 1024)
 
     def run(self):
         while True:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in self.peaks:
-                    self.peaks[key] = max(self.peaks[key], int(value.split()[0]) * 1024)
+            self.sample()
             time.sleep(0.05)
 
 
@@ -173,8 +176,10 @@ def child_train(cfg_json: str, steps: int) -> None:
     for position in range(len(batches)):  # the rest of the epoch's reads: every row of the cache
         batches[position]
     read_seconds = time.perf_counter() - start
-    time.sleep(0.2)
-    print("MEMORY " + json.dumps({"peak_rss_anon": peaks.peaks["RssAnon"], "peak_rss_file": peaks.peaks["RssFile"],
+    peaks.sample()
+    if not peaks.is_alive():
+        raise RuntimeError("the memory sampler thread died: its peaks are not the run's")
+    print("MEMORY " + json.dumps({"vm_hwm": peaks.peaks["VmHWM"], "peak_rss_anon": peaks.peaks["RssAnon"], "peak_rss_file": peaks.peaks["RssFile"],
                                   "rows": len(y_train), "batches_read": len(batches), "fit_seconds": fit_seconds,
                                   "read_seconds": read_seconds, "memmap": isinstance(x_train, np.memmap)}))
 
@@ -234,7 +239,8 @@ def main() -> None:
             print(f"training child: fit {args.steps} steps in {report['fit_seconds']:.0f} s, then read all "
                   f"{report['batches_read']} batches ({report['rows']} rows) in {report['read_seconds']:.0f} s; "
                   f"memmap={report['memmap']}")
-            print(f"  peak RSS (ru_maxrss, anon + file-backed): {gib(maxrss)}")
+            print(f"  peak RSS (ru_maxrss, anon + file-backed): {gib(maxrss)}   (VmHWM read by the child: "
+                  f"{gib(report['vm_hwm'])})")
             print(f"  peak RssAnon: {gib(report['peak_rss_anon'])}   peak RssFile: {gib(report['peak_rss_file'])}")
             print(f"  cache file: {gib(train_cache.stat().st_size)}")
         if args.control and cgroup is not None:
