@@ -160,13 +160,15 @@ def main() -> None:
         images = np.load(cache, mmap_mode="r")
         labels = (rng.random(args.images) < 0.5).astype(np.float32)
         in_memory = np.asarray(images, np.float32)
-        print(f"{seen}; backbone={args.backbone} image_size={args.image_size} images={args.images} repeats={args.repeats}"
+        print(f"{seen}; backbone={args.backbone} image_size={args.image_size} images={args.images} "
+              f"repeats={args.repeats}"
               f"{' (smoke: CPU, not a speed measurement)' if args.smoke else ''}")
         rows = []
         # smoke: each setting and each workload once (zip), not all 16 pairs: the same code paths
         cases = zip(SETTINGS, WORKLOADS) if args.smoke else itertools.product(SETTINGS, WORKLOADS)
         for (precision, jit), (name, trainable, batch, kind) in cases:
-            cfg = config.load(overrides=dict(backbone=args.backbone, weights="none", image_size=args.image_size, batch_size=batch,
+            cfg = config.load(overrides=dict(backbone=args.backbone, weights="none", image_size=args.image_size,
+                                             batch_size=batch,
                                              trainable_layers=trainable, precision=precision, jit_compile=jit,
                                              mlflow=False))
             pipeline, xla = keras_rate(cfg, images, labels, kind, args.repeats)

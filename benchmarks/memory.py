@@ -130,7 +130,8 @@ def run_child(args: list[str], cgroup: Path | None) -> tuple[int, dict, str, flo
         if line.startswith("MEMORY "):
             report = json.loads(line[len("MEMORY "):])
     # ru_maxrss is the largest child so far (KiB on Linux): only meaningful if this one is the largest.
-    return process.returncode, report, (process.stdout + process.stderr)[-1500:], peak * 1024 if peak > before else float("nan")
+    maxrss = peak * 1024 if peak > before else float("nan")
+    return process.returncode, report, (process.stdout + process.stderr)[-1500:], maxrss
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,7 +180,8 @@ def child_train(cfg_json: str, steps: int) -> None:
     peaks.sample()
     if not peaks.is_alive():
         raise RuntimeError("the memory sampler thread died: its peaks are not the run's")
-    print("MEMORY " + json.dumps({"vm_hwm": peaks.peaks["VmHWM"], "peak_rss_anon": peaks.peaks["RssAnon"], "peak_rss_file": peaks.peaks["RssFile"],
+    print("MEMORY " + json.dumps({"vm_hwm": peaks.peaks["VmHWM"], "peak_rss_anon": peaks.peaks["RssAnon"],
+                                  "peak_rss_file": peaks.peaks["RssFile"],
                                   "rows": len(y_train), "batches_read": len(batches), "fit_seconds": fit_seconds,
                                   "read_seconds": read_seconds, "memmap": isinstance(x_train, np.memmap)}))
 

@@ -78,7 +78,8 @@ JAX_SMALL = ["image_size=32", "epochs=2"]
 def _jax_run(tmp_path, data_dir, name, devices, *extra):
     out = tmp_path / f"{name}.npz"
     process = subprocess.run(
-        [sys.executable, str(WORKER), str(out), *_overrides(tmp_path, data_dir, *JAX_SMALL, f"run_name={name}", *extra)],
+        [sys.executable, str(WORKER), str(out),
+         *_overrides(tmp_path, data_dir, *JAX_SMALL, f"run_name={name}", *extra)],
         env=_env(KERAS_BACKEND="jax", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
         capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
