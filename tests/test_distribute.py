@@ -72,7 +72,9 @@ def test_two_tensorflow_workers_end_with_the_same_weights_and_one_run_folder(syn
     assert "worker 1 of 2" in (tmp_path / "worker1.log").read_text()
 
 
-JAX_SMALL = ["image_size=32", "epochs=2"]
+# Augmentation and dropout off: their random draws for a sharded batch need not match one
+# device's, which would make the curves differ for a reason this test is not about.
+JAX_SMALL = ["image_size=32", "epochs=2", "flip=false", "rotation=0", "zoom=0", "dropout=0"]
 
 
 def _jax_run(tmp_path, data_dir, name, devices, *extra):
@@ -87,20 +89,15 @@ def _jax_run(tmp_path, data_dir, name, devices, *extra):
 
 
 @pytest.mark.slow  # two JAX training runs of two epochs, VGG16 at 32 px
-@pytest.mark.xfail(run=False, reason="deadlocks on jax 0.10.2 / Keras 3.15.1 CPU: the 2-device run's first "
-                   "cross-device all-reduce waits for a device that never arrives, and XLA aborts it after 40 s "
-                   "(rendezvous.cc 'Expected 2 threads to join'); small Keras models with the same DataParallel, "
-                   "PyDataset and sample weights train fine. Not run: it would cost minutes for a known failure. "
-                   "See docs/cluster.md")
 def test_jax_data_parallel_over_two_devices_follows_the_one_device_loss_curve(synth_root, tmp_path):
     one, _ = _jax_run(tmp_path, synth_root, "one", 1)
     two, log = _jax_run(tmp_path, synth_root, "two", 2, "distribution=data_parallel")
     assert "distribution data_parallel: 2 device(s)" in log
     assert len(one) == len(two) == 2
     # Same seed, same global batches: two devices each take half of a batch and average the
-    # gradients, the same sum as one device up to float32 round-off in a different order
-    # (~1e-6 relative per step, grown over 10 steps); a wrong split, a missing all-reduce or a
-    # per-device batch of batch_size would change the loss in the 2nd or 3rd digit.
+    # gradients, the same sum as one device up to float32 round-off in another order. Seen on
+    # 2 CPUs: within 1e-4 relative; with augmentation and dropout on, epoch 2 differed by 1.1e-3
+    # (their random draws), so 1e-4 is tight enough to notice a change in what is trained on.
     np.testing.assert_allclose(two, one, rtol=1e-4)
     assert one[0] != one[1]  # it trained: the curve is not a constant both runs would share
 
