@@ -113,10 +113,14 @@ class Setup:
         with self.strategy.scope():
             model._symbolic_build(data_batch=batches[0])
         model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-        # Its "mean" reduction of the logs fails on scalars under this strategy (reduce(axis=0));
-        # "first" logs this worker's values. Every worker validates on the whole val set
-        # (val_shard), so val_auc, which picks the best model and stops early, is the same on all.
-        model.distribute_reduction_method = "first"
+        # Its train and test functions reduce the logs with strategy.reduce("MEAN", v, axis=0) under
+        # this strategy ("auto", hard-wired: distribute_reduction_method is not read), which fails on
+        # scalars: "Invalid reduction dimension 0 for input with 0 dimensions" (tensorflow/tensorflow
+        # #72388). Each log as a 1-vector makes that the mean over the workers. Every worker
+        # validates on the whole val set (val_shard), so val_auc, which picks the best model and
+        # stops early, is the same on all.
+        model.train_step = _logs_as_vectors(model.train_step)
+        model.test_step = _logs_as_vectors(model.test_step)
 
     @property
     def val_shard(self) -> tuple[int, int]:
@@ -145,6 +149,16 @@ class Setup:
     def close(self) -> None:
         for folder in self.temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _logs_as_vectors(step):
+    """step with each of its scalar logs reshaped to shape (1,) (see Setup.prepare)."""
+    import tensorflow as tf
+
+    def vector_step(data):
+        return {name: tf.reshape(value, (1,)) for name, value in step(data).items()}
+
+    return vector_step
 
 
 def check(cfg, backend: str) -> None:

@@ -263,7 +263,20 @@ def build_model(cfg) -> keras.Model:
     """The flat model of the module doc, its layers computing in cfg.precision (variables stay
     float32; the logit and the probability are float32, so scores and the loss keep full precision)."""
     with dtype_policy(cfg.precision):
-        return _build_model(cfg)
+        model = _build_model(cfg)
+    allow_jit_on_jax(model)
+    return model
+
+
+def allow_jit_on_jax(model) -> None:
+    """Keras marks RandomRotation, RandomZoom and RandomTranslation `supports_jit = False` (for
+    TensorFlow's image ops), which turns jit_compile off for the whole model on every backend: on
+    JAX the train step then runs op by op, slowly, and under keras.distribution.DataParallel it
+    hangs at the first all-reduce (docs/cluster.md). Their JAX code is jax.numpy and traces
+    under jax.jit, so on JAX they are marked jittable."""
+    if keras.backend.backend() == "jax":
+        for layer in model._flatten_layers():
+            layer.supports_jit = True
 
 
 def _build_model(cfg) -> keras.Model:

@@ -15,8 +15,12 @@ import pytest
 from fracture.testing import free_port
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-SMALL = ["weights=none", "image_size=48", "epochs=1", "batch_size=8", "trainable_layers=-1", "mlflow=false",
-         "learning_rate=1e-3", "dense_units=16,8,4"]
+# VGG16: 19 backbone layers compile in seconds, where DenseNet121's 427 took ~4 min per process on
+# 2 cores. The backbone is not what these tests check: the batch split, the gradient all-reduce and
+# the chief's bookkeeping are the same for any model. A small rate keeps VGG16 (no batch norm, no
+# pretrained weights) from diverging, where round-off differences between runs would grow.
+SMALL = ["weights=none", "backbone=VGG16", "image_size=48", "epochs=1", "batch_size=8", "trainable_layers=-1",
+         "mlflow=false", "learning_rate=1e-4", "dense_units=16,8,4"]
 
 
 def _env(**extra):
@@ -34,10 +38,7 @@ def _weights(path):
         return [stored[f"arr_{i}"] for i in range(len(stored.files))]
 
 
-@pytest.mark.slow  # two DenseNet121 workers, one epoch at 48 px (~4 min on 2 cores)
-@pytest.mark.xfail(strict=True, reason="Keras 3.15's TF train step reduces its scalar logs with "
-                   "strategy.reduce('MEAN', v, axis=0) under MultiWorkerMirroredStrategy (trainer.py "
-                   "reduce_per_replica): 'Invalid reduction dimension 0 for input with 0 dimensions'")
+@pytest.mark.slow  # two VGG16 workers, one epoch at 48 px (~1-2 min on 2 cores)
 def test_two_tensorflow_workers_end_with_the_same_weights_and_one_run_folder(synth_root, tmp_path):
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -71,23 +72,34 @@ def test_two_tensorflow_workers_end_with_the_same_weights_and_one_run_folder(syn
     assert "worker 1 of 2" in (tmp_path / "worker1.log").read_text()
 
 
+# Augmentation and dropout off: their random draws for a sharded batch need not match one
+# device's, which would make the curves differ for a reason this test is not about.
+JAX_SMALL = ["image_size=32", "epochs=2", "flip=false", "rotation=0", "zoom=0", "dropout=0"]
+
+
 def _jax_run(tmp_path, data_dir, name, devices, *extra):
     out = tmp_path / f"{name}.npz"
     process = subprocess.run(
-        [sys.executable, str(WORKER), str(out), *_overrides(tmp_path, data_dir, "epochs=2", f"run_name={name}", *extra)],
+        [sys.executable, str(WORKER), str(out),
+         *_overrides(tmp_path, data_dir, *JAX_SMALL, f"run_name={name}", *extra)],
         env=_env(KERAS_BACKEND="jax", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
         capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     return json.loads(Path(f"{out}.json").read_text())["loss"], process.stdout + process.stderr
 
 
-@pytest.mark.slow  # two JAX training runs of two epochs at 48 px (~1-2 min on 2 cores)
+@pytest.mark.slow  # two JAX training runs of two epochs, VGG16 at 32 px
 def test_jax_data_parallel_over_two_devices_follows_the_one_device_loss_curve(synth_root, tmp_path):
     one, _ = _jax_run(tmp_path, synth_root, "one", 1)
     two, log = _jax_run(tmp_path, synth_root, "two", 2, "distribution=data_parallel")
     assert "distribution data_parallel: 2 device(s)" in log
     assert len(one) == len(two) == 2
-    np.testing.assert_allclose(two, one, rtol=1e-3)
+    # Same seed, same global batches: two devices each take half of a batch and average the
+    # gradients, the same sum as one device up to float32 round-off in another order. Seen on
+    # 2 CPUs: within 1e-4 relative; with augmentation and dropout on, epoch 2 differed by 1.1e-3
+    # (their random draws), so 1e-4 is tight enough to notice a change in what is trained on.
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    assert one[0] != one[1]  # it trained: the curve is not a constant both runs would share
 
 
 def test_multiworker_without_tf_config_is_a_config_error(monkeypatch):
