@@ -377,28 +377,19 @@ def split_metric_values(metrics: dict, splits) -> dict[str, float]:
 
 def log_evaluation(run_dir, metrics: dict, split: str, paths) -> bool:
     """After `evaluate`: the split's metrics (and files) into the run's MLflow run, if it has one."""
-    recorded = read_run_id(run_dir)
-    if recorded is None:
-        return False
-    run_id, uri = recorded
-    try:
-        from mlflow import MlflowClient
+    def log_metrics(client, run_id):
         from mlflow.entities import Metric
 
-        client = MlflowClient(tracking_uri=uri)
         now = int(time.time() * 1000)
         values = split_metric_values(metrics, [split])
-        with _http_limits(**STEADY):
-            outputs = client.get_run(run_id).outputs
-            models = [o.model_id for o in (outputs.model_outputs if outputs else [])]
-            # plain run metrics, and the same again linked to the run's LoggedModel (its Models tab row)
-            client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0, model_id=m)
-                                              for m in [None, *models] for k, v in values.items()])
-    except Exception as exc:
-        log.warning("could not log the %s metrics to MLflow run %s in %s (%s: %s)", split, run_id, uri,
-                    type(exc).__name__, exc)
-        return False
-    return log_artifacts(run_dir, [p for p in map(Path, paths) if p.is_file()])
+        outputs = client.get_run(run_id).outputs
+        models = [o.model_id for o in (outputs.model_outputs if outputs else [])]
+        # plain run metrics, and the same again linked to the run's LoggedModel (its Models tab row)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0, model_id=m)
+                                          for m in [None, *models] for k, v in values.items()])
+
+    return (_on_recorded_run(run_dir, f"the {split} metrics", log_metrics)
+            and log_artifacts(run_dir, [p for p in map(Path, paths) if p.is_file()]))
 
 
 def model_signature(model):
@@ -497,6 +488,19 @@ def log_artifacts(run_dir, paths, artifact_path: str | None = None) -> bool:
     For work done after training, e.g. CAM panels: reopens the run by the id in mlflow_run_id.txt.
     Returns whether everything was logged; MLflow errors become one warning.
     """
+    def add(client, run_id):
+        for path in map(Path, paths):
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), "/".join(filter(None, [artifact_path, path.name])))
+            else:
+                client.log_artifact(run_id, str(path), artifact_path)
+
+    return _on_recorded_run(run_dir, artifact_path or "files", add)
+
+
+def _on_recorded_run(run_dir, what: str, action) -> bool:
+    """action(client, run_id) on the MLflow run that `run_dir` recorded: False for an untracked run,
+    and False with one warning (never an exception) when MLflow fails."""
     recorded = read_run_id(run_dir)
     if recorded is None:
         return False
@@ -506,14 +510,9 @@ def log_artifacts(run_dir, paths, artifact_path: str | None = None) -> bool:
 
         client = MlflowClient(tracking_uri=uri)
         with _http_limits(**STEADY):
-            for path in map(Path, paths):
-                if path.is_dir():
-                    client.log_artifacts(run_id, str(path), "/".join(filter(None, [artifact_path, path.name])))
-                else:
-                    client.log_artifact(run_id, str(path), artifact_path)
+            action(client, run_id)
     except Exception as exc:
-        log.warning("could not add %s to MLflow run %s in %s (%s: %s)", artifact_path or "files", run_id, uri,
-                    type(exc).__name__, exc)
+        log.warning("could not add %s to MLflow run %s in %s (%s: %s)", what, run_id, uri, type(exc).__name__, exc)
         return False
     return True
 
