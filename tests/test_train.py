@@ -61,14 +61,14 @@ def assert_reload_predicts_like_the_fitted_model(run_dir, fitted, resolving_powe
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # The premise: the last epoch (what `fitted` holds) is the best one (what model.keras holds).
     assert metrics["best_epoch"] == metrics["epochs_run"] == 1
-    stored = pd.read_csv(run_dir / "predictions_test.csv")
+    stored = pd.read_csv(run_dir / "predictions_val.csv")  # what train scored (test waits for evaluate)
     paths = stored["path"].tolist()
     reference = fr.predict_paths(fitted, paths)["probability"].to_numpy()
     run = fr.load_run(run_dir)
     assert run.model is not fitted
     again = fr.predict_paths(run, paths)
     np.testing.assert_allclose(again["probability"], reference, atol=1e-5)
-    # train scored the test split with the reloaded model: that must also be the fitted model's answer.
+    # train scored the val split with the reloaded model: that must also be the fitted model's answer.
     np.testing.assert_allclose(stored["probability"], reference, atol=1e-5)
     assert set(again["label"]) <= {"normal", "abnormal"}
     if not resolving_power_check:  # (once is enough: it costs a model build and a compile)
