@@ -44,6 +44,9 @@ MARKER = "complete.json"
 KEEP = 2  # committed epochs kept: the newest and one to fall back to
 # Keys that say where files go or whether MLflow watches, not what is trained: a resumed run may change them.
 RESUME_FREE_KEYS = ("mlflow", "mlflow_experiment", "cache_dir", "runs_dir", "verbose")
+# May grow on resume: more epochs continue the same training (the learning-rate schedule counts
+# epochs from the start, not towards the end), so an unfinished run can be given a higher cap.
+RESUME_GROWING_KEYS = ("epochs",)
 CALLBACK_STATE = ("wait", "best", "best_epoch", "cooldown_counter")
 
 
@@ -155,12 +158,14 @@ def check_same_config(run_dir, cfg) -> None:
         raise ConfigError(f"cannot read the config of the run to resume ({exc}); pick a new run_name") from exc
     now = cfg.to_dict()
     differ = [f"{key}: {stored[key]!r} (stored) != {now[key]!r} (now)"
-              for key in now if key not in RESUME_FREE_KEYS and stored.get(key) != now[key]]
+              for key in now if key not in RESUME_FREE_KEYS and stored.get(key) != now[key]
+              and not (key in RESUME_GROWING_KEYS and isinstance(stored.get(key), int) and now[key] > stored[key])]
     if differ:
         raise ConfigError(
             f"run {run_dir} was started with another config, and resuming would mix two trainings: "
             f"{'; '.join(differ)}. Resume with the stored values (`python -m fracture train --config "
-            f"{stored_file}`) or pick a new run_name. Keys that may change on resume: {', '.join(RESUME_FREE_KEYS)}.")
+            f"{stored_file}`) or pick a new run_name. Keys that may change on resume: {', '.join(RESUME_FREE_KEYS)}; "
+            f"that may grow: {', '.join(RESUME_GROWING_KEYS)}.")
 
 
 # --------------------------------------------------------------------------------------------

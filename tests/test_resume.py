@@ -317,6 +317,15 @@ def test_resuming_with_a_changed_key_names_it(tmp_path, synth_root):
                                                                  "cache_dir": str(tmp_path / "elsewhere")}))
 
 
+def test_resuming_may_raise_the_epoch_cap_but_not_lower_it(tmp_path, synth_root):
+    """A higher cap continues the same training (the schedule counts epochs from the start); a lower
+    one would cut a training short that was set up for more: refused."""
+    cfg, run_dir = committed_fake(tmp_path, synth_root, epochs=3)
+    resume.check_same_config(run_dir, fr.load_config(overrides={**cfg.to_dict(), "epochs": 8}))
+    with pytest.raises(ConfigError, match=r"epochs: 3 \(stored\) != 2 \(now\)"):
+        resume.check_same_config(run_dir, fr.load_config(overrides={**cfg.to_dict(), "epochs": 2}))
+
+
 def test_cut_history_drops_rows_after_the_commit_and_half_rows(tmp_path):
     path = tmp_path / "history.csv"
     path.write_bytes(b"epoch,val_auc\n0,0.5\n1,0.6\n2,0.7\n3,0.")
