@@ -23,7 +23,7 @@ PARAMETERS = {  # the variables each notebook's parameters cell must define, pap
                       "reuse", "verbose"},
     "2_load.ipynb": {"profile", "run"},
     "3_visualize.ipynb": {"profile", "run", "layers", "methods", "images", "sanity_methods", "sanity_layers",
-                          "sanity_images", "localization_layers"},
+                          "sanity_images", "localization_layers", "localization_images"},
 }
 
 
