@@ -88,6 +88,15 @@ def _one_class_note(ax, name):
             fontsize=FONT_SIZE)
 
 
+def _scorable_levels(ax, frame: pd.DataFrame):
+    """(name, table) of each level that has both classes; a level with one class gets its note on ax."""
+    for name, part in levels(frame).items():
+        if part["label"].nunique() < 2:
+            _one_class_note(ax, name)
+        else:
+            yield name, part
+
+
 # --------------------------------------------------------------------------------------------
 # training curves
 # --------------------------------------------------------------------------------------------
@@ -152,10 +161,7 @@ def roc(frame: pd.DataFrame, threshold: float, split: str = "test"):
 
     fig = new_figure(5.0, 5.0)
     ax = fig.subplots()
-    for name, part in levels(frame).items():
-        if part["label"].nunique() < 2:
-            _one_class_note(ax, name)
-            continue
+    for name, part in _scorable_levels(ax, frame):
         RocCurveDisplay.from_predictions(part["label"], part["probability"], ax=ax,
                                          name=f"{name} ({_counts(part)})",
                                          curve_kwargs=LEVEL_STYLE[name])
@@ -179,10 +185,7 @@ def precision_recall(frame: pd.DataFrame, threshold: float, split: str = "test")
 
     fig = new_figure(5.0, 5.0)
     ax = fig.subplots()
-    for name, part in levels(frame).items():
-        if part["label"].nunique() < 2:
-            _one_class_note(ax, name)
-            continue
+    for name, part in _scorable_levels(ax, frame):
         PrecisionRecallDisplay.from_predictions(part["label"], part["probability"], ax=ax,
                                                 name=f"{name} ({_counts(part)})", curve_kwargs=LEVEL_STYLE[name])
         prevalence = float(part["label"].mean())
