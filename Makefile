@@ -52,7 +52,7 @@ browser: ## install Debian's Chromium for the web-app browser test (system packa
 	else echo "chromium not installed and no root apt: the browser test will be skipped with that reason"; fi
 
 $(SYNTH)/train_image_paths.csv: | $(DEMO_STAMP)
-	$(PY) -m fracture synth --out data/synthetic --patients 300 --seed 0 --difficulty medium
+	$(PY) -m fracture synth --out data/synthetic --patients 150 --seed 0 --difficulty 'easy,hairline=0.25'
 
 data: $(SYNTH)/train_image_paths.csv ## generate the synthetic MURA-format dataset in data/synthetic
 
