@@ -146,6 +146,13 @@ def cut_history(path, epochs: int) -> int:
     return rows
 
 
+def _resume_allows(key: str, stored, now) -> bool:
+    """Whether a resumed run may have `now` where it was started with `stored`."""
+    if key in RESUME_FREE_KEYS or stored == now:
+        return True
+    return key in RESUME_GROWING_KEYS and isinstance(stored, int) and now > stored
+
+
 def check_same_config(run_dir, cfg) -> None:
     """Refuse to resume `run_dir` with a config that trains something else (ConfigError naming the keys)."""
     stored_file = Path(run_dir) / "config.yaml"
@@ -158,8 +165,7 @@ def check_same_config(run_dir, cfg) -> None:
         raise ConfigError(f"cannot read the config of the run to resume ({exc}); pick a new run_name") from exc
     now = cfg.to_dict()
     differ = [f"{key}: {stored[key]!r} (stored) != {now[key]!r} (now)"
-              for key in now if key not in RESUME_FREE_KEYS and stored.get(key) != now[key]
-              and not (key in RESUME_GROWING_KEYS and isinstance(stored.get(key), int) and now[key] > stored[key])]
+              for key in now if not _resume_allows(key, stored.get(key), now[key])]
     if differ:
         raise ConfigError(
             f"run {run_dir} was started with another config, and resuming would mix two trainings: "
