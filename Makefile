@@ -53,7 +53,8 @@ browser: ## install Debian's Chromium for the web-app browser test (system packa
 # The demo's data (docs/benchmarks.md, "Demo levers"). The stamp names a checksum of these
 # arguments, so data made by an older `make data` with other arguments is made again.
 SYNTH_ARGS := --patients 150 --seed 0 --difficulty 'easy,hairline=0.25'
-SYNTH_STAMP := data/synthetic/.synth-$(shell printf '%s' "$(SYNTH_ARGS)" | cksum | cut -d' ' -f1)
+# The stamp also sums fracture/synth.py: a changed generator (e.g. new box files) remakes the data.
+SYNTH_STAMP := data/synthetic/.synth-$(shell { printf '%s' "$(SYNTH_ARGS)"; cat fracture/synth.py; } | cksum | cut -d' ' -f1)
 
 $(SYNTH_STAMP): | $(DEMO_STAMP)
 	$(PY) -m fracture synth --out data/synthetic $(SYNTH_ARGS)
@@ -62,11 +63,23 @@ $(SYNTH_STAMP): | $(DEMO_STAMP)
 
 data: $(SYNTH_STAMP) ## generate the synthetic MURA-format dataset in data/synthetic
 
-demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels in layer_outputs/
-	$(PY) -m fracture train --config configs/demo.yaml
-	$(PY) -m fracture evaluate --split test
-	$(PY) -m fracture cam --evaluate --layers relu --methods gradcam --limit 60
-	$(PY) -m fracture cam --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
+# One run folder per `make demo` (a timestamped name; DEMO_RUN=name to choose it), evaluated and
+# explained by name, then checked against the range documented over seeds (benchmarks/demo.py).
+# DEMO_ARGS passes key=value overrides to train, e.g. DEMO_ARGS="seed=3".
+DEMO_RUN ?=
+ifeq ($(strip $(DEMO_RUN)),)
+DEMO_RUN := demo-$(shell date +%Y%m%d-%H%M%S)
+endif
+DEMO_RUNS_DIR ?= saved_models
+DEMO_ARGS ?=
+DEMO_DIR := $(DEMO_RUNS_DIR)/$(DEMO_RUN)
+
+demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels -> check against the documented range
+	$(PY) -m fracture train --config configs/demo.yaml run_name=$(DEMO_RUN) runs_dir=$(DEMO_RUNS_DIR) $(DEMO_ARGS)
+	$(PY) -m fracture evaluate --run $(DEMO_DIR) --split test
+	$(PY) -m fracture cam --run $(DEMO_DIR) --evaluate --layers relu --methods gradcam --limit 60
+	$(PY) -m fracture cam --run $(DEMO_DIR) --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
+	$(PY) benchmarks/demo.py --check $(DEMO_DIR)
 
 test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browser test skips, saying why, without `make browser`)
 	$(PY) -m pytest tests -q

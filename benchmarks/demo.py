@@ -1,126 +1,228 @@
-"""What makes the demo's training epoch faster? One lever at a time, on the demo's own model.
+"""The demo's numbers as distributions: `make demo` once per seed, then mean, min and max.
 
-Builds the model of configs/demo.yaml (DenseNet121 from scratch, SGD, BatchNorm momentum 0.9),
-compiles it as fracture.train does, and fits random uint8 images (the cost of an epoch does not
-depend on what the pixels show) for `--epochs` epochs; the first epoch includes graph building and
-compilation, so the steady-state figure is the median of the later ones. Each lever runs in a
-fresh process (a dtype policy is global to Keras):
+    python benchmarks/demo.py --seeds 5            # seeds 1..5 (make demo's own seed is 1)
+    python benchmarks/demo.py --seeds 1,7,9        # these seeds
+    python benchmarks/demo.py --check RUN_DIR      # one run against the documented range
 
-    python benchmarks/demo.py [--images 256] [--epochs 3] [--levers base,jit,bf16,size128]
+Each seed runs the real `make demo` (train, evaluate --split test, cam --evaluate, cam panels)
+with `DEMO_ARGS="seed=N"` into its own run folder under --runs-dir, and an MLflow store of its
+own, so the user's runs and experiments are left alone. The seed changes the weights'
+initialisation, the validation patients and the batch order, as another CPU's rounding does
+(docs/reproducibility.md). The venv and the synthetic data are made before the first seed and not
+timed per seed; their one-off time is printed.
 
-Levers: base (the demo config), jit (model.compile(jit_compile=True): XLA on CPU), bf16 (Keras
-mixed_bfloat16 policy: AVX-512-BF16/AMX on CPUs that have them), size128 and size96 (image size;
-the last layer's Grad-CAM grid is image_size / 32), batch32 (batch size 32).
-
-    python benchmarks/demo.py --oracle
-
-prints, without a model, what image size costs the last layer's Grad-CAM: the pointing game of a
-perfect map on that layer's grid (cam.metrics.oracle_scores) over 200 synthetic boxes per
-difficulty level, and the share of the pixel change that lies inside the box.
+Writes benchmarks/results/demo-seeds.json and .md (the table README and docs quote), naming the
+CPU model and the versions. `--check` is what `make demo` ends with: it reads one run's
+metrics.json and cam_eval.csv and says plainly which number falls outside the documented range
+or misses its target.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import date
+from pathlib import Path
 
-LEVERS = {
-    "base": {},
-    "jit": {"jit": True},
-    "bf16": {"policy": "mixed_bfloat16"},
-    "jit+bf16": {"jit": True, "policy": "mixed_bfloat16"},
-    "size128": {"image_size": 128},
-    "size96": {"image_size": 96},
-    "batch32": {"batch_size": 32},
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "demo-seeds.json"
+
+# name -> (label, target as (comparison, value) or None); the order of the table
+METRICS = {
+    "val_auc": ("validation AUC (image)", (">=", 0.95)),
+    "test_image_auc": ("test image AUC", None),
+    "test_image_kappa": ("test image kappa", None),
+    "test_study_auc": ("test study AUC", None),
+    "test_study_kappa": ("test study kappa", (">=", 0.8)),
+    "threshold": ("threshold (chosen on val)", None),
+    "pointing_game": ("Grad-CAM pointing game, relu", (">=", 0.8)),
+    "marker_peak": ("Grad-CAM peak on a side marker", ("<=", 0.05)),
+    "epochs": ("epochs trained", None),
+    "best_epoch": ("best epoch", None),
+    "train_seconds": ("training seconds", None),
+    "demo_seconds": ("make demo seconds", ("<=", 900)),
 }
 
 
-def one_lever(name: str, images: int, epochs: int) -> dict:
-    """Runs in its own process: time `epochs` epochs of the demo model under one lever."""
-    import keras
-    import numpy as np
+def run_numbers(run_dir: Path) -> dict:
+    """The table's numbers for one finished demo run, read from its own files."""
+    import pandas as pd
 
-    from fracture import config
-    from fracture.model import build_model
-    from fracture.train import compile_model
-
-    lever = LEVERS[name]
-    if "policy" in lever:
-        keras.mixed_precision.set_dtype_policy(lever["policy"])
-    overrides = {k: v for k, v in lever.items() if k in ("image_size", "batch_size")}
-    cfg = config.load("configs/demo.yaml", overrides=overrides)
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg)
-    compile_model(model, cfg)
-    if lever.get("jit"):
-        model.jit_compile = True
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (images, cfg.image_size, cfg.image_size, 1), dtype=np.uint8).astype("float32")
-    y = (rng.random(images) < 0.5).astype("float32")
-    seconds = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=cfg.batch_size, epochs=1, verbose=0)
-        seconds.append(time.perf_counter() - start)
-    steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
-    return {"lever": name, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "images": images,
-            "epoch_s": [round(s, 1) for s in seconds], "ms_per_image": round(1000 * steady / images, 1)}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if "test" not in metrics:
+        raise SystemExit(f"{run_dir} has no test scores: run `python -m fracture evaluate --run {run_dir} --split test`")
+    cam = pd.read_csv(run_dir / "cam_eval.csv")
+    row = cam[(cam["method"] == "gradcam") & (cam["layer"] == "relu")]
+    if row.empty:
+        raise SystemExit(f"{run_dir}/cam_eval.csv has no gradcam/relu row: run `python -m fracture cam --run "
+                         f"{run_dir} --evaluate --layers relu --methods gradcam --limit 60`")
+    row = row.iloc[0]
+    return {
+        "run": run_dir.name,
+        "val_auc": metrics["val"]["image"]["auc"],
+        "test_image_auc": metrics["test"]["image"]["auc"],
+        "test_image_kappa": metrics["test"]["image"]["kappa"],
+        "test_study_auc": metrics["test"]["study"]["auc"],
+        "test_study_kappa": metrics["test"]["study"]["kappa"],
+        "threshold": metrics["threshold"],
+        "pointing_game": float(row["pointing_game"]),
+        "marker_peak": float(row["distractor_peak"]),
+        "epochs": metrics["epochs_run"],
+        "best_epoch": metrics["best_epoch"],
+        "train_seconds": metrics["train_seconds"],
+        "machine": metrics.get("machine", {}),
+    }
 
 
-def oracle_table(images: int = 200, sizes=(128, 160, 192)) -> None:
-    import numpy as np
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it (the machine every number here belongs to)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return fields.get("Model name", "unknown CPU").strip()
 
-    from fracture import synth
-    from fracture.cam.metrics import oracle_scores, scale_box
 
-    print(f"{'level':<7} {'in-box share of change (min, mean)':<36} " + "  ".join(
-        f"oracle pointing @{s} ({s // 32}x{s // 32})" for s in sizes))
-    for level in synth.DIFFICULTY:
-        difficulty = synth.parse_difficulty(level)
-        params = [synth._sample(np.random.default_rng(seed), 256, 512, difficulty) for seed in range(images)]
-        shares = []
-        for p in params[:60]:  # rendering is the slow part: 60 pairs are enough for the share
-            diff = np.abs(synth._render(p, True).astype(float) - synth._render(p, False))
-            x0, y0, x1, y1 = synth._box(p)
-            shares.append(diff[y0:y1, x0:x1].sum() / diff.sum())
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("keras", "tensorflow-cpu", "tensorflow", "jax", "torch", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def meets(value: float, target) -> bool:
+    op, bound = target
+    return value >= bound if op == ">=" else value <= bound
+
+
+def summarize(runs: list[dict]) -> dict:
+    return {k: {"mean": statistics.fmean(r[k] for r in runs), "min": min(r[k] for r in runs),
+                "max": max(r[k] for r in runs)} for k in METRICS if all(k in r for r in runs)}
+
+
+def fmt(key: str, value: float) -> str:
+    return f"{value:.0f}" if key in ("epochs", "best_epoch", "train_seconds", "demo_seconds") else f"{value:.3f}"
+
+
+def markdown(result: dict) -> str:
+    seeds = [r["seed"] for r in result["runs"]]
+    lines = [f"`make demo` over seeds {', '.join(map(str, seeds))} on {result['cpu']} "
+             f"({result['cores']} cores), {result['date']}; "
+             + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
+             "| metric | mean | min | max | target | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|---|---|" + "---|" * len(seeds)]
+    for key, (label, target) in METRICS.items():
+        if key not in result["summary"]:
+            continue
+        s = result["summary"][key]
+        goal = f"{target[0].replace('>=', '≥').replace('<=', '≤')} {fmt(key, target[1])}" if target else ""
         cells = []
-        for size in sizes:
-            boxes = [scale_box(synth._box(p), (p["H"], p["W"]), size) for p in params]
-            cells.append(f"{oracle_scores(boxes, size, (size // 32, size // 32))[0]:.3f}")
-        print(f"{level:<7} {min(shares):.3f}, {np.mean(shares):.3f}{'':<24} " + "  ".join(f"{c:<26}" for c in cells))
+        for r in result["runs"]:
+            cell = fmt(key, r[key])
+            cells.append(f"**{cell}**" if target and not meets(r[key], target) else cell)
+        lines.append(f"| {label} | {fmt(key, s['mean'])} | {fmt(key, s['min'])} | {fmt(key, s['max'])} | {goal} | "
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("A bold cell misses its target. Produced by `python benchmarks/demo.py --seeds "
+                 f"{','.join(map(str, seeds))}`; venv and data made once before the seeds "
+                 f"({result['setup_seconds']:.0f} s, not in the per-seed time).")
+    return "\n".join(lines) + "\n"
+
+
+def run_seeds(seeds: list[int], runs_dir: Path) -> dict:
+    started = time.perf_counter()
+    subprocess.run(["make", "-C", str(ROOT), "data"], check=True)  # the venv too (make data needs it)
+    setup = time.perf_counter() - started
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    store = Path(tempfile.mkdtemp(prefix="demo-seeds-mlflow-"))
+    runs = []
+    for seed in seeds:
+        name = f"seeds-{stamp}-s{seed}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
+        cmd = ["make", "-C", str(ROOT), "demo", f"DEMO_RUN={name}", f"DEMO_RUNS_DIR={runs_dir}",
+               f"DEMO_ARGS=seed={seed}"]
+        print("$", " ".join(cmd), flush=True)
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, env=env)
+        seconds = time.perf_counter() - t0
+        if done.returncode:
+            raise SystemExit(f"make demo failed for seed {seed} (exit {done.returncode})")
+        numbers = {"seed": seed, **run_numbers(runs_dir / name), "demo_seconds": round(seconds, 1)}
+        runs.append(numbers)
+        print(json.dumps({k: v for k, v in numbers.items() if k != "machine"}), flush=True)
+    return {"date": date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "versions": versions(), "setup_seconds": round(setup, 1), "runs": runs, "summary": summarize(runs)}
+
+
+def check(run_dir: Path, results: Path = RESULTS) -> list[str]:
+    """Lines comparing one run with the documented range; a number outside it or off its target says so."""
+    numbers = run_numbers(run_dir)
+    documented = json.loads(results.read_text()) if results.is_file() else None
+    lines = [f"demo check of {run_dir.name}: " + (
+        f"documented range = {len(documented['runs'])} seeds on {documented['cpu']} ({results})"
+        if documented else f"no documented range yet ({results} missing): targets only")]
+    outside = []
+    for key, (label, target) in METRICS.items():
+        if key not in numbers:
+            continue
+        value, verdicts = numbers[key], []
+        span = documented["summary"].get(key) if documented else None
+        if span:
+            inside = span["min"] <= value <= span["max"]
+            verdicts.append("inside the range" if inside else
+                            f"OUTSIDE the documented range {fmt(key, span['min'])}–{fmt(key, span['max'])}")
+            if not inside:
+                outside.append(label)
+        if target:
+            ok = meets(value, target)
+            verdicts.append(f"target {target[0]} {fmt(key, target[1])} {'met' if ok else 'MISSED'}")
+            if not ok:
+                outside.append(label)
+        lines.append(f"  {label:<32} {fmt(key, value):>7}   {'; '.join(verdicts)}")
+    if outside:
+        lines.append("This run is not like the documented ones in: " + ", ".join(dict.fromkeys(outside)) +
+                     ". Another CPU or library version moves training from scratch (docs/reproducibility.md); "
+                     "compare over several seeds with `python benchmarks/demo.py --seeds 5`.")
+    else:
+        lines.append("Every number is inside the documented range and meets its target.")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256, help="random images per epoch")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per lever (the first compiles)")
-    parser.add_argument("--levers", default="base,jit,bf16,size128", help=f"comma list of {', '.join(LEVERS)}")
-    parser.add_argument("--oracle", action="store_true", help="no training: box locality and oracle pointing game")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: the child process
+    parser.add_argument("--seeds", help="a count N (seeds 1..N) or a comma list of seeds")
+    parser.add_argument("--check", metavar="RUN_DIR", help="compare one finished demo run with the documented range")
+    parser.add_argument("--runs-dir", default=str(ROOT / "saved_models"), help="where the seeds' run folders go")
+    parser.add_argument("--out", default=str(RESULTS),
+                        help="the JSON written (and a .md beside it); --check reads it")
     args = parser.parse_args()
-    if args.oracle:
-        oracle_table()
+    if args.check:
+        print("\n".join(check(Path(args.check), Path(args.out))))
         return
-    if args.one:
-        print(json.dumps(one_lever(args.one, args.images, args.epochs)))
-        return
-    print(f"{'lever':<10} {'size':>4} {'batch':>5} {'epoch seconds':<28} ms/image (steady)")
-    for name in args.levers.split(","):
-        if name not in LEVERS:
-            parser.error(f"unknown lever {name!r}; choose from {', '.join(LEVERS)}")
-        child = subprocess.run([sys.executable, __file__, "--one", name, "--images", str(args.images),
-                                "--epochs", str(args.epochs)], capture_output=True, text=True)
-        if child.returncode:
-            print(f"{name:<10} failed: {child.stderr.strip().splitlines()[-1]}", flush=True)
-            continue
-        r = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"{name:<10} {r['image_size']:>4} {r['batch_size']:>5} {str(r['epoch_s']):<28} {r['ms_per_image']}",
-              flush=True)
+    if not args.seeds:
+        parser.error("give --seeds N or --check RUN_DIR")
+    seeds = list(range(1, int(args.seeds) + 1)) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
+    result = run_seeds(seeds, Path(args.runs_dir).resolve())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"written: {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

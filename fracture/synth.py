@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 ROOT_NAME = "MURA-v1.1"
 BOXES_CSV = "fracture_boxes.csv"
+# Boxes of things on a film that are not the pathology but draw a model's eye: here the lead side
+# marker ("L"/"R"). A real dataset may supply the same file for its markers, rulers and text
+# (columns path,kind,x0,y0,x1,y1; one row per box, several per image allowed).
+DISTRACTORS_CSV = "distractor_boxes.csv"
 
 # How hard the crack is to see. gap: crack width as a fraction of the image height (it scales with
 # the film so it survives the downscale to the model's size); depth: how much of the bone's density
@@ -197,6 +201,32 @@ def _half_width(p, u):
     return rw, ends, ua
 
 
+def _marker_mask(p):
+    """uint8 mask (255 on the letter) of the lead side marker, or None when the film has none."""
+    on, letter, corner = p["marker"]
+    if not on:
+        return None
+    h, w = p["H"], p["W"]
+    scale = h / 300
+    org = (int(0.06 * w) if corner % 2 == 0 else int(w - 0.06 * w - 20 * scale),
+           int(0.1 * h) if corner < 2 else int(0.95 * h))
+    mark = np.zeros((h, w), np.uint8)  # OpenCV 5 draws text on 8-bit images only
+    cv2.putText(mark, letter, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, max(1, int(2 * scale)))
+    return mark
+
+
+def _marker_box(p):
+    """Pixel box (x0, y0, x1, y1; x1/y1 exclusive) around the drawn marker plus the blur-free
+    margin of one stroke, or None. Read off the same mask _render draws, so they cannot disagree."""
+    mark = _marker_mask(p)
+    if mark is None or not mark.any():
+        return None
+    ys, xs = np.nonzero(mark)
+    m = max(1, int(round(p["H"] / 150)))
+    return (max(0, int(xs.min()) - m), max(0, int(ys.min()) - m),
+            min(p["W"], int(xs.max()) + 1 + m), min(p["H"], int(ys.max()) + 1 + m))
+
+
 def _render(p, crack):
     """Float image -> uint8; everything is computed in the bone's own (u along, v across) frame."""
     h, w, big_l, r = p["H"], p["W"], p["L"], p["R"]
@@ -229,14 +259,8 @@ def _render(p, crack):
     img = cv2.GaussianBlur(img, (0, 0), p["blur"])
     img = np.clip(img, 0, 1) ** p["gamma"]
     img = p["lo"] + (p["hi"] - p["lo"]) * img
-    on, letter, corner = p["marker"]
-    if on:  # lead side marker, as on most clinical films
-        scale = h / 300
-        org = (int(0.06 * w) if corner % 2 == 0 else int(w - 0.06 * w - 20 * scale),
-               int(0.1 * h) if corner < 2 else int(0.95 * h))
-        mark = np.zeros((h, w), np.uint8)  # OpenCV 5 draws text on 8-bit images only
-        thick = max(1, int(2 * scale))
-        cv2.putText(mark, letter, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thick)
+    mark = _marker_mask(p)
+    if mark is not None:  # lead side marker, as on most clinical films
         img = np.maximum(img, mark * np.float32(0.95 / 255))
     noise = np.random.default_rng(p["noise_seed"]).standard_normal(img.shape, np.float32)
     img += p["noise"] * noise
@@ -245,8 +269,14 @@ def _render(p, crack):
 
 def _make_image(seed, positive, min_size=256, max_size=512, difficulty=None):
     """One image from its own seed: (uint8 array, box where the crack is, or would be)."""
+    img, box, _ = _make_image_and_marker(seed, positive, min_size, max_size, difficulty)
+    return img, box
+
+
+def _make_image_and_marker(seed, positive, min_size=256, max_size=512, difficulty=None):
+    """(uint8 array, crack box, side-marker box or None)."""
     p = _sample(np.random.default_rng(seed), min_size, max_size, difficulty)
-    return _render(p, crack=positive), _box(p)
+    return _render(p, crack=positive), _box(p), _marker_box(p)
 
 
 def generate(out_dir, patients=60, seed=0, study_types=("XR_HUMERUS",), valid_fraction=0.25,
@@ -274,7 +304,7 @@ def generate(out_dir, patients=60, seed=0, study_types=("XR_HUMERUS",), valid_fr
         n_valid = min(max(n_valid, 1), patients - 1)  # both splits non-empty
     valid_ids = set(int(i) for i in rng.permutation(patients)[:n_valid] + 1)
     lines = {"train": ([], []), "valid": ([], [])}  # split -> (image paths, labeled studies)
-    boxes, counts = [], {}
+    boxes, distractors, counts = [], [], {}
     for pid in range(1, patients + 1):
         split = "valid" if pid in valid_ids else "train"
         study_no = {}
@@ -287,17 +317,21 @@ def generate(out_dir, patients=60, seed=0, study_types=("XR_HUMERUS",), valid_fr
             lines[split][1].append(f"{study},{int(positive)}")
             (root.parent / study).mkdir(parents=True)
             for k in range(1, int(rng.integers(1, 5)) + 1):
-                img, box = _make_image(int(rng.integers(2**63)), positive, min_size, max_size, level)
+                img, box, marker = _make_image_and_marker(int(rng.integers(2**63)), positive, min_size, max_size,
+                                                          level)
                 rel = f"{study}image{k}.png"
                 cv2.imwrite(str(root.parent / rel), img)
                 lines[split][0].append(rel)
                 if positive:
                     boxes.append(f"{rel},{box[0]},{box[1]},{box[2]},{box[3]}")
+                if marker is not None:  # both classes: markers are drawn whatever the label
+                    distractors.append(f"{rel},marker,{marker[0]},{marker[1]},{marker[2]},{marker[3]}")
                 key = (split, positive)
                 counts[key] = counts.get(key, 0) + 1
     for split, (images, studies) in lines.items():
         (root / f"{split}_image_paths.csv").write_text("".join(s + "\n" for s in images))
         (root / f"{split}_labeled_studies.csv").write_text("".join(s + "\n" for s in studies))
+    (root / DISTRACTORS_CSV).write_text("path,kind,x0,y0,x1,y1\n" + "".join(d + "\n" for d in distractors))
     (root / BOXES_CSV).write_text("path,x0,y0,x1,y1\n" + "".join(b + "\n" for b in boxes))
     log.info("synthetic MURA at %s: train %d pos / %d neg images, valid %d pos / %d neg (%.1f s)",
              root, counts.get(("train", True), 0), counts.get(("train", False), 0),
@@ -317,3 +351,23 @@ def load_boxes(mura_root) -> pd.DataFrame:
     # CSV paths start with "MURA-v1.1/", i.e. they are relative to the folder holding the tree.
     df["path"] = [str(root.parent / p) for p in df["path"]]
     return df
+
+
+def load_distractor_boxes(mura_root) -> pd.DataFrame:
+    """Read <mura_root>/distractor_boxes.csv (side markers, rulers, text: things a model should not
+    look at); columns path (absolute str), kind, x0, y0, x1, y1. An empty frame when the dataset
+    supplies no such file: distractor scores are then left out, not reported as zero."""
+    root = pathlib.Path(mura_root).resolve()
+    csv = root / DISTRACTORS_CSV
+    columns = ["path", "kind", "x0", "y0", "x1", "y1"]
+    if not csv.exists():
+        return pd.DataFrame(columns=columns)
+    try:
+        df = pd.read_csv(csv, dtype={"path": str, "kind": str, "x0": int, "y0": int, "x1": int, "y1": int})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{csv} is not a valid box file (columns {','.join(columns)}): {exc}") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{csv} lacks the columns {', '.join(missing)} (expected {','.join(columns)})")
+    df["path"] = [str(root.parent / p) for p in df["path"]]
+    return df[columns]

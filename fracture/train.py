@@ -94,16 +94,23 @@ def compile_model(model, cfg) -> None:
     )
 
 
-def stop_at_target(monitor: str, target: float):
-    """A Keras callback that ends training after the first epoch whose `monitor` reaches `target`
-    (stateless, so a resumed run needs nothing restored)."""
+def stop_at_target(monitor: str, target: float, confirm: int = 1):
+    """A Keras callback that ends training once `monitor` has reached `target` on `confirm`
+    consecutive epochs. Its count is called `wait`, like EarlyStopping's, so the run's commit
+    stores it and a resumed run goes on counting (fracture/resume.py)."""
     import keras
 
     class StopAtTarget(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.wait = 0  # consecutive epochs at or above the target so far
+
         def on_epoch_end(self, epoch, logs=None):
-            if (logs or {}).get(monitor, float("-inf")) >= target:
-                log.info("%s reached %.3f (target %.3f): stopping after epoch %d", monitor, logs[monitor],
-                         target, epoch + 1)
+            value = (logs or {}).get(monitor, float("-inf"))
+            self.wait = self.wait + 1 if value >= target else 0
+            if self.wait >= confirm:
+                log.info("%s reached %.3f (target %.3f%s): stopping after epoch %d", monitor, value, target,
+                         f", {confirm} epochs in a row" if confirm > 1 else "", epoch + 1)
                 self.model.stop_training = True
 
     return StopAtTarget()
@@ -122,8 +129,9 @@ def make_callbacks(cfg, run_dir: Path) -> list:
         early = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.early_stopping,
                                               restore_best_weights=False)
     # A target rather than a patience: the demo's from-scratch model sits at chance for several
-    # epochs before it learns, which a patience would mistake for a plateau (issue 14.6).
-    target = stop_at_target("val_auc", cfg.stop_at_val_auc) if cfg.stop_at_val_auc else None
+    # epochs before it learns, which a patience would mistake for a plateau. Confirmed over
+    # stop_confirm epochs: the first epoch to cross can be a lucky swing of a model still learning.
+    target = stop_at_target("val_auc", cfg.stop_at_val_auc, cfg.stop_confirm) if cfg.stop_at_val_auc else None
     if cfg.plateau_patience:
         plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=cfg.plateau_patience)
     callbacks = [
@@ -136,7 +144,7 @@ def make_callbacks(cfg, run_dir: Path) -> list:
         # After the callbacks above, so the row includes what they added (learning_rate).
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         # Last: its on_epoch_end commits the epoch, after every other file of that epoch is written.
-        resume.RunBackup(run_dir, best, stateful=(early, plateau)),
+        resume.RunBackup(run_dir, best, stateful=(early, plateau, target)),
     ]
     return callbacks
 

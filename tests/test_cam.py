@@ -532,6 +532,21 @@ def test_evaluate_localization_writes_the_table(run_copy):
     assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
     import pandas as pd
 
+    # The distractor columns agree with a count made here from the box file and the maps.
+    _, x, _, distractors = cam.metrics._positives_with_boxes(run_copy, limit=2, split="test")
+    maps = cam.cam_maps(run_copy.model, x, ["pool4_relu"], "gradcam")["pool4_relu"]
+    expected_peak = []
+    for m, boxes in zip(maps, distractors):
+        y, xx = np.unravel_index(np.argmax(m), m.shape)
+        expected_peak.append(any(x0 <= xx < x1 and y0 <= y < y1 for x0, y0, x1, y1 in boxes) and m.max() > m.min())
+    gradcam_row = table.iloc[0]
+    assert gradcam_row["n_with_distractor"] == sum(bool(b) for b in distractors)
+    if gradcam_row["n_with_distractor"]:
+        assert gradcam_row["distractor_peak"] == pytest.approx(np.mean(expected_peak))
+        assert 0 <= gradcam_row["distractor_energy"] <= 1
+    else:
+        assert np.isnan(gradcam_row["distractor_peak"])
+
     stored = pd.read_csv(run_copy.path / "cam_eval.csv", keep_default_na=False)
     assert list(stored.columns) == cam.EVAL_COLUMNS and len(stored) == 4
 
@@ -545,8 +560,8 @@ def test_split_chooses_the_images(run_copy, monkeypatch):
         paths = cam.default_images(run_copy, 4, split=split)
         assert len(paths) == 4 and {split_of[p] for p in paths} == {split}
         positives = int(((frame["split"] == split) & (frame["label"] == 1)).sum())
-        chosen, x, boxes = cam.metrics._positives_with_boxes(run_copy, limit=3, split=split)
-        assert len(chosen) == len(x) == len(boxes) == min(3, positives) > 0
+        chosen, x, boxes, distractors = cam.metrics._positives_with_boxes(run_copy, limit=3, split=split)
+        assert len(chosen) == len(x) == len(boxes) == len(distractors) == min(3, positives) > 0
         assert {split_of[p] for p in chosen} == {split} and all("_positive" in str(p) for p in chosen)
     original, asked = cam.metrics._positives_with_boxes, []
     monkeypatch.setattr(cam.metrics, "_positives_with_boxes",
@@ -581,3 +596,16 @@ def test_cli_cam_evaluates_and_renders(run_copy, tmp_path, capsys, monkeypatch):
     assert len(panels) == 2 and str(panels[0]) in printed and asked == [str(run_copy.path)]
     assert main(["cam", "--run", str(run_copy.path), "--methods", "gradcam,gradcam3"]) == 2
     assert "unknown CAM method ['gradcam3']" in capsys.readouterr().err
+
+
+def test_distractor_scores_on_hand_made_maps():
+    maps = np.zeros((3, 10, 10), np.float32)
+    maps[0, 1, 1] = 1.0  # peaks in its marker box
+    maps[1, 8, 8] = 1.0  # peaks outside its two boxes; a quarter of its mass is inside one
+    maps[1, 0, 0] = 1 / 3
+    boxes = [[(0, 0, 3, 3)], [(0, 0, 2, 2), (5, 0, 7, 2)], []]
+    assert cam.distractor_peak(maps, boxes).tolist() == [1.0, 0.0, 0.0]
+    energy = cam.distractor_energy(maps, boxes)
+    assert energy[0] == pytest.approx(1.0) and energy[1] == pytest.approx(0.25) and np.isnan(energy[2])
+    flat = np.ones((1, 10, 10), np.float32)  # a constant map peaks nowhere, even inside a box
+    assert cam.distractor_peak(flat, [[(0, 0, 3, 3)]]).tolist() == [0.0]

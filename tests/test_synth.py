@@ -235,3 +235,28 @@ def test_cli_difficulty(tmp_path, capsys):
     assert tree_bytes(tmp_path / "a" / "MURA-v1.1") == tree_bytes(tmp_path / "b" / "MURA-v1.1")
     assert main(["synth", "--out", str(tmp_path / "c"), "--difficulty", "hard,width=1", *kw]) == 2
     assert "unknown difficulty key 'width'" in capsys.readouterr().err
+
+
+def test_marker_box_holds_every_marker_pixel_and_markers_are_listed_for_both_classes(tmp_path):
+    found = 0
+    for seed in range(40):
+        p = synth._sample(np.random.default_rng(seed), 128, 320)
+        if not p["marker"][0]:
+            assert synth._marker_box(p) is None
+            continue
+        found += 1
+        with_marker = synth._render(p, crack=False).astype(np.int16)
+        without = synth._render({**p, "marker": (False, *p["marker"][1:])}, crack=False).astype(np.int16)
+        changed = np.argwhere(with_marker != without)
+        x0, y0, x1, y1 = synth._marker_box(p)
+        assert len(changed) and (changed[:, 1] >= x0).all() and (changed[:, 1] < x1).all()
+        assert (changed[:, 0] >= y0).all() and (changed[:, 0] < y1).all()
+        assert (x1 - x0) * (y1 - y0) < 0.05 * p["H"] * p["W"]  # a marker, not the film
+    assert found >= 10
+    root = synth.generate(tmp_path, patients=12, seed=3, max_size=96, min_size=64)
+    listed = synth.load_distractor_boxes(root)
+    assert set(listed["kind"]) == {"marker"}
+    labels = {"_positive/" in p for p in listed["path"]}
+    assert labels == {True, False}  # drawn whatever the label
+    assert all(pathlib.Path(p).is_file() for p in listed["path"])
+    assert synth.load_distractor_boxes(tmp_path / "nowhere").empty

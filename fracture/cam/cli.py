@@ -40,7 +40,9 @@ def cli_cam(args) -> None:
         table = evaluate_localization(run, methods, layers, limit=args.limit, split=args.split)
         print(f"CAM localization and faithfulness, run {run.name}, "
               f"{table['n_images'].iloc[0]} positive {args.split} images")
-        print("(pointing game and energy in box: higher is better; deletion AUC: lower; insertion AUC: higher)")
+        print("(pointing game and energy in box: higher is better; distractor peak (share of images whose map "
+              "peaks on a side marker, ruler or text box) and distractor energy: lower; deletion AUC: lower; "
+              "insertion AUC: higher)")
         with pd.option_context("display.width", 200):
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print("oracle: the true box averaged onto each layer's grid and upsampled "

@@ -20,7 +20,8 @@ from fracture.scores import probability
 
 log = logging.getLogger(__name__)
 
-EVAL_COLUMNS = ["method", "layer", "pointing_game", "energy_in_box", "deletion_auc", "insertion_auc", "n_images"]
+EVAL_COLUMNS = ["method", "layer", "pointing_game", "energy_in_box", "distractor_peak", "distractor_energy",
+                "deletion_auc", "insertion_auc", "n_images", "n_with_distractor"]
 RANDOM_DRAWS = 50  # random maps per image behind the random baseline's pointing game and energy
 
 
@@ -44,6 +45,31 @@ def energy_in_box(maps, boxes) -> np.ndarray:
         total = m.sum()
         out.append(m[y0:y1, x0:x1].sum() / total if total > 0 else 0.0)
     return np.asarray(out, np.float32)
+
+
+def distractor_peak(maps, box_lists) -> np.ndarray:
+    """1 where a map's maximum lies in any of its image's distractor boxes (side markers, rulers,
+    text), 0 elsewhere and for an image without any; an all-constant map peaks nowhere."""
+    out = np.zeros(len(maps), np.float32)
+    for i, boxes in enumerate(box_lists):
+        for box in boxes:  # one hit is enough: the peak is one pixel
+            out[i] = max(out[i], pointing_game(maps[i:i + 1], [box])[0])
+    return out
+
+
+def distractor_energy(maps, box_lists) -> np.ndarray:
+    """Share of each map's total inside the union of its image's distractor boxes (NaN for an
+    image without any, so the mean is over the images that have one)."""
+    out = np.full(len(maps), np.nan, np.float32)
+    for i, (m, boxes) in enumerate(zip(np.asarray(maps, np.float64), box_lists)):
+        if not len(boxes):
+            continue
+        inside = np.zeros(m.shape, bool)
+        for x0, y0, x1, y1 in boxes:
+            inside[y0:y1, x0:x1] = True
+        total = m.sum()
+        out[i] = m[inside].sum() / total if total > 0 else 0.0
+    return out
 
 
 def oracle_scores(boxes, size, grid) -> tuple[float, float]:
@@ -110,7 +136,8 @@ def deletion_insertion(model, images, maps, steps=16, target="fracture", blur=0.
 
 
 def _positives_with_boxes(run, limit=0, split="test"):
-    """Positive images of one split of the run's synthetic data: (paths, images at model size, boxes)."""
+    """Positive images of one split of the run's synthetic data: (paths, images at model size,
+    boxes, distractor box lists), every box scaled to the model's input."""
     from fracture.data import load_index, resize
     from fracture.imageio import read_gray
 
@@ -132,12 +159,15 @@ def _positives_with_boxes(run, limit=0, split="test"):
     if not paths:
         raise FractureError(f"no positive {split} images with boxes in {cfg.data_dir}")
     size = run.model.input_shape[1]
-    images, scaled = [], []
+    distractors_of = distractor_boxes_by_path(cfg)
+    images, scaled, distractors = [], [], []
     for p in paths:
         gray = read_gray(p, cfg.max_pixels)
         images.append(resize(gray, size))
-        scaled.append(scale_box(box_of[str(Path(p).resolve())], gray.shape, size))
-    return paths, np.stack(images)[..., None].astype(np.float32), np.asarray(scaled)
+        key = str(Path(p).resolve())
+        scaled.append(scale_box(box_of[key], gray.shape, size))
+        distractors.append([scale_box(b, gray.shape, size) for b in distractors_of.get(key, [])])
+    return paths, np.stack(images)[..., None].astype(np.float32), np.asarray(scaled), distractors
 
 
 def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16, split="test"):
@@ -152,7 +182,8 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
     layers = [layers] if isinstance(layers, str) else list(layers)
     for name in layers:
         spatial_layer(run.model, name)
-    _, x, boxes = _positives_with_boxes(run, limit, split)
+    _, x, boxes, distractors = _positives_with_boxes(run, limit, split)
+    has_distractors = any(len(d) for d in distractors)
     log.info("CAM evaluation of %s on %d positive %s images", run.name, len(x), split)
 
     def score(method, layer, maps, redraw=None):
@@ -163,17 +194,21 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
             d, ins = deletion_insertion(run.model, x[i:i + batch_size], maps[i:i + batch_size], steps)
             deletion.append(d)
             insertion.append(ins)
-        hits, energy = [pointing_game(maps, boxes).mean()], [energy_in_box(maps, boxes).mean()]
-        for _ in range(RANDOM_DRAWS - 1 if redraw else 0):
-            other = redraw()
-            hits.append(pointing_game(other, boxes).mean())
-            energy.append(energy_in_box(other, boxes).mean())
+        drawn = [maps] + [redraw() for _ in range(RANDOM_DRAWS - 1 if redraw else 0)]
+        hits = [pointing_game(m, boxes).mean() for m in drawn]
+        energy = [energy_in_box(m, boxes).mean() for m in drawn]
         row = dict(method=method, layer=layer, pointing_game=float(np.mean(hits)),
-                   energy_in_box=float(np.mean(energy)), deletion_auc=float(np.concatenate(deletion).mean()),
-                   insertion_auc=float(np.concatenate(insertion).mean()), n_images=len(x))
-        log.info("%-9s %-20s pointing %.3f  energy %.3f  deletion %.3f  insertion %.3f  (%.0f s)",
-                 method, layer, row["pointing_game"], row["energy_in_box"], row["deletion_auc"],
-                 row["insertion_auc"], time.perf_counter() - started)
+                   energy_in_box=float(np.mean(energy)), distractor_peak=float("nan"),
+                   distractor_energy=float("nan"), deletion_auc=float(np.concatenate(deletion).mean()),
+                   insertion_auc=float(np.concatenate(insertion).mean()), n_images=len(x),
+                   n_with_distractor=sum(bool(len(d)) for d in distractors))
+        if has_distractors:  # share of *all* positives whose map peaks on a marker/ruler/text
+            row["distractor_peak"] = float(np.mean([distractor_peak(m, distractors).mean() for m in drawn]))
+            row["distractor_energy"] = float(np.mean([np.nanmean(distractor_energy(m, distractors)) for m in drawn]))
+        log.info("%-9s %-20s pointing %.3f  energy %.3f  distractor peak %.3f energy %.3f  deletion %.3f  "
+                 "insertion %.3f  (%.0f s)", method, layer, row["pointing_game"], row["energy_in_box"],
+                 row["distractor_peak"], row["distractor_energy"], row["deletion_auc"], row["insertion_auc"],
+                 time.perf_counter() - started)
         return row
 
     rows = []
@@ -210,6 +245,24 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
                  layer, *grid, *table.attrs["oracle"][layer][1:])
     return table
 
+
+
+def distractor_boxes_by_path(cfg) -> dict:
+    """{resolved image path: [(x0, y0, x1, y1), ...]} from the dataset's distractor_boxes.csv
+    (empty when the dataset has none, or its data is not a MURA tree)."""
+    from fracture.data import find_mura_root
+    from fracture.synth import load_distractor_boxes
+
+    try:
+        frame = load_distractor_boxes(find_mura_root(cfg.data_dir))
+    except DataError as exc:
+        if "distractor" in str(exc):  # a box file that exists but is broken is the user's to fix
+            raise
+        return {}
+    out = {}
+    for p, x0, y0, x1, y1 in frame[["path", "x0", "y0", "x1", "y1"]].itertuples(index=False):
+        out.setdefault(str(Path(p).resolve()), []).append((int(x0), int(y0), int(x1), int(y1)))
+    return out
 
 
 def boxes_by_path(cfg) -> dict:

@@ -1,0 +1,66 @@
+"""benchmarks/demo.py: the per-seed table and the check `make demo` ends with."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("demo_benchmark", ROOT / "benchmarks" / "demo.py")
+demo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo)
+
+
+def fake_run(folder: Path, val_auc=0.98, study_kappa=0.9, pointing=0.85, marker=0.0) -> Path:
+    folder.mkdir(parents=True)
+    level = lambda auc, kappa: {"auc": auc, "kappa": kappa}  # noqa: E731
+    (folder / "metrics.json").write_text(json.dumps({
+        "val": {"image": level(val_auc, 0.8), "study": level(0.99, 0.85)},
+        "test": {"image": level(0.97, 0.82), "study": level(0.99, study_kappa)},
+        "threshold": 0.42, "epochs_run": 13, "best_epoch": 12, "train_seconds": 500.0}))
+    pd.DataFrame([
+        {"method": "gradcam", "layer": "relu", "pointing_game": pointing, "distractor_peak": marker},
+        {"method": "random_grid", "layer": "relu", "pointing_game": 0.1, "distractor_peak": 0.02},
+    ]).to_csv(folder / "cam_eval.csv", index=False)
+    return folder
+
+
+def documented(path: Path, runs) -> Path:
+    rows = [{"seed": i, **demo.run_numbers(r), "demo_seconds": 700.0} for i, r in enumerate(runs)]
+    path.write_text(json.dumps({"cpu": "Test CPU", "runs": rows, "summary": demo.summarize(rows)}))
+    return path
+
+
+def test_run_numbers_read_the_runs_own_files(tmp_path):
+    numbers = demo.run_numbers(fake_run(tmp_path / "r", val_auc=0.971, pointing=0.8333, marker=0.0167))
+    assert numbers["val_auc"] == 0.971 and numbers["test_study_kappa"] == 0.9
+    assert numbers["pointing_game"] == 0.8333 and numbers["marker_peak"] == 0.0167  # the gradcam row, not random
+    assert numbers["epochs"] == 13 and numbers["threshold"] == 0.42
+
+
+def test_summary_is_mean_min_max_over_seeds():
+    runs = [{"val_auc": v, "pointing_game": p} for v, p in [(0.96, 0.8), (0.99, 0.9), (0.97, 1.0)]]
+    s = demo.summarize(runs)
+    assert s["val_auc"] == {"mean": pytest.approx(0.9733333), "min": 0.96, "max": 0.99}
+    assert s["pointing_game"]["mean"] == pytest.approx(0.9) and "epochs" not in s
+
+
+def test_check_says_when_a_number_is_outside_the_range_or_misses_its_target(tmp_path):
+    results = documented(tmp_path / "seeds.json", [fake_run(tmp_path / "a", pointing=0.85),
+                                                   fake_run(tmp_path / "b", pointing=0.9)])
+    good = "\n".join(demo.check(fake_run(tmp_path / "good", pointing=0.88), results))
+    assert "OUTSIDE" not in good and "MISSED" not in good and "Every number is inside" in good
+    bad = demo.check(fake_run(tmp_path / "bad", pointing=0.7, marker=0.2), results)
+    pointing = next(line for line in bad if "pointing game" in line)
+    assert "OUTSIDE the documented range 0.850–0.900" in pointing and "target >= 0.800 MISSED" in pointing
+    marker = next(line for line in bad if "side marker" in line)
+    assert "MISSED" in marker
+    assert "not like the documented ones" in bad[-1] and "pointing game" in bad[-1]
+
+
+def test_check_without_a_documented_range_uses_the_targets(tmp_path):
+    lines = demo.check(fake_run(tmp_path / "r", study_kappa=0.7), tmp_path / "missing.json")
+    assert "no documented range yet" in lines[0]
+    assert "MISSED" in next(line for line in lines if "test study kappa" in line)
