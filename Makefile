@@ -52,7 +52,7 @@ browser: ## install Debian's Chromium for the web-app browser test (system packa
 
 # The demo's data (docs/benchmarks.md, "Demo levers"). The stamp names a checksum of these
 # arguments, so data made by an older `make data` with other arguments is made again.
-SYNTH_ARGS := --patients 150 --seed 0 --difficulty 'easy,hairline=0.25'
+SYNTH_ARGS := --patients 150 --seed 0 --difficulty 'easy,hairline=0.1'
 # The stamp also sums fracture/synth.py: a changed generator (e.g. new box files) remakes the data.
 SYNTH_STAMP := data/synthetic/.synth-$(shell { printf '%s' "$(SYNTH_ARGS)"; cat fracture/synth.py; } | cksum | cut -d' ' -f1)
 

@@ -85,8 +85,9 @@ class Config:
     gamma: float = 0.99  # learning rate multiplied by gamma after every epoch
     class_weighting: bool = True  # MURA paper weighting: positives |N|/(|A|+|N|), negatives |A|/(|A|+|N|)
     early_stopping: int = 0  # patience in epochs on val AUC; 0 = off
-    stop_at_val_auc: float = 0.0  # stop once val AUC reaches this on stop_confirm epochs in a row (the best epoch is kept); 0 = off
-    stop_confirm: int = 1  # consecutive epochs at or above stop_at_val_auc before training stops
+    stop_at_val_auc: float = 0.0  # stop once an epoch's val AUC reaches this, after epochs_after_target more (the best epoch is kept); 0 = off
+    epochs_after_target: int = 0  # epochs trained on after val AUC first reaches stop_at_val_auc
+    lr_after_target: float = 1.0  # learning rate multiplied by this for those epochs (lets a from-scratch model settle)
     plateau_patience: int = 0  # divide the learning rate by 10 on a val-loss plateau; 0 = off
     steps_per_execution: int = 1  # >1 runs several batches per compiled call (faster on GPUs)
     precision: str = "float32"  # "float32", "mixed_bfloat16" (A100/H100, TPU) or "mixed_float16" (older GPUs; loss scaled); the output stays float32
@@ -273,7 +274,8 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.target_sensitivity <= 1.0, "target_sensitivity must be in [0, 1] (0 = Youden's J)"),
         (cfg.bootstrap_resamples >= 0, "bootstrap_resamples must be 0 (no intervals) or a count"),
         (0.0 <= cfg.stop_at_val_auc <= 1.0, "stop_at_val_auc must be in [0, 1] (0 = off)"),
-        (cfg.stop_confirm >= 1, "stop_confirm must be at least 1"),
+        (cfg.epochs_after_target >= 0, "epochs_after_target must be 0 or more"),
+        (0.0 < cfg.lr_after_target <= 1.0, "lr_after_target must be in (0, 1]"),
         (len(cfg.dense_units) == 3, "dense_units must list three layer sizes, e.g. [512,256,64]"),
         (all(u > 0 for u in cfg.dense_units), "dense_units must be positive"),
         (cfg.trainable_layers >= -1, "trainable_layers must be -1 (all) or a count >= 0"),
