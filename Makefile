@@ -62,11 +62,12 @@ $(SYNTH_STAMP): | $(DEMO_STAMP)
 
 data: $(SYNTH_STAMP) ## generate the synthetic MURA-format dataset in data/synthetic
 
-demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels in layer_outputs/
+demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels in layer_outputs/ -> <run>/report.html
 	$(PY) -m fracture train --config configs/demo.yaml
 	$(PY) -m fracture evaluate --split test
 	$(PY) -m fracture cam --evaluate --layers relu --methods gradcam --limit 60
 	$(PY) -m fracture cam --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
+	$(PY) -m fracture report
 
 test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browser test skips, saying why, without `make browser`)
 	$(PY) -m pytest tests -q

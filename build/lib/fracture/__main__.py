@@ -1,0 +1,5 @@
+import sys
+
+from fracture.cli import main
+
+sys.exit(main())

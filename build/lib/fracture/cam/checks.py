@@ -1,0 +1,70 @@
+"""Checks a user can fail, each with a message that says what to do: the layer, the method, the
+target and the image batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fracture.cam.methods import METHODS
+from fracture.errors import FractureError
+
+TARGETS = {"fracture": 1.0, "normal": -1.0}  # sign applied to the logit
+
+
+def spatial_layer(model, name):
+    """The layer called `name`, which must output a (B, h, w, C) map."""
+    import keras
+
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        raise FractureError(f"no layer '{name}' in model {model.name}; some valid names: "
+                            f"{', '.join(_suggest(model, name))} "
+                            "(all of them: [layer.name for layer in model.layers])") from None
+    if isinstance(layer, keras.layers.InputLayer):
+        raise FractureError(f"'{name}' is the input layer; pick a layer after it, e.g. {_suggest(model, name)[0]}")
+    shape = tuple(layer.output.shape)
+    if len(shape) != 4:
+        raise FractureError(f"layer '{name}' outputs shape {shape}; CAMs need a (batch, height, width, "
+                            f"channels) map, e.g. {', '.join(_suggest(model, name))}")
+    return layer
+
+
+def _suggest(model, name, n=6):
+    """Close spellings first, then the usual CAM layers (the last ones with a spatial output)."""
+    import difflib
+
+    spatial = [layer.name for layer in model.layers if len(tuple(layer.output.shape)) == 4
+               and not layer.name.startswith(("augment_", "image"))]
+    close = difflib.get_close_matches(name, spatial, n=3, cutoff=0.5)
+    usual = [s for s in spatial if s == "relu" or s.startswith("pool") and s.endswith("_relu")]
+    picks = close + usual[::-1] + spatial[::-1]
+    return list(dict.fromkeys(picks))[:n]
+
+
+def check_methods(methods) -> list[str]:
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise FractureError(f"unknown CAM method {bad or methods}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def target_sign(target) -> float:
+    if target not in TARGETS:
+        raise FractureError(f"unknown target '{target}'; use 'fracture' or 'normal'")
+    return TARGETS[target]
+
+
+def as_batch(model, images) -> np.ndarray:
+    """(B, H, W, 1) or (B, H, W) raw pixels -> float32 (B, H, W, 1) at the model's input size."""
+    x = np.asarray(images, np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] != 1:
+        raise FractureError(f"expected a batch of grayscale images (B, H, W, 1), got shape {x.shape}")
+    want = tuple(model.input_shape[1:3])
+    if None not in want and x.shape[1:3] != want:
+        raise FractureError(f"images are {x.shape[1]}x{x.shape[2]} px but the model takes {want[0]}x{want[1]}; "
+                            "resize them first (fracture.data.resize)")
+    return x

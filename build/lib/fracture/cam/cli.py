@@ -1,0 +1,78 @@
+"""The `cam` verb: `python -m fracture cam` renders panels, with --evaluate scores the maps, and
+with --sanity checks that they change when the weights are randomized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fracture.cam.checks import check_methods, spatial_layer
+from fracture.cam.metrics import evaluate_localization
+from fracture.cam.draw import check_look, default_images, render
+from fracture.cam.sanity import PASS_BELOW, sanity_check, verdicts
+
+
+def _expand(paths) -> list[Path]:
+    from fracture.data import expand_image_paths
+
+    return expand_image_paths(paths)
+
+
+def _split(text) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def cli_cam(args) -> None:
+    """`python -m fracture cam`: render panels, or with --evaluate score the maps (module doc)."""
+    import pandas as pd
+
+    from fracture.model import load_run
+
+    methods = check_methods(_split(args.methods))
+    check_look(args.colormap, args.alpha, args.scale)  # before the model loads: a typo answers at once
+    layers = _split(args.layers)
+    run = load_run(args.run)
+    for name in layers:
+        spatial_layer(run.model, name)
+    if getattr(args, "sanity", False):
+        _sanity(run, methods, layers, args)
+        return
+    if args.evaluate:
+        table = evaluate_localization(run, methods, layers, limit=args.limit, split=args.split)
+        print(f"CAM localization and faithfulness, run {run.name}, "
+              f"{table['n_images'].iloc[0]} positive {args.split} images")
+        print("(pointing game and energy in box: higher is better; deletion AUC: lower; insertion AUC: higher)")
+        with pd.option_context("display.width", 200):
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print("oracle: the true box averaged onto each layer's grid and upsampled "
+              "(a perfect map at that resolution)")
+        for layer, (grid, pointing, energy) in table.attrs.get("oracle", {}).items():
+            print(f"  {layer:<20} {grid[0]}x{grid[1]}  pointing_game {pointing:.3f}  energy_in_box {energy:.3f}")
+        print(f"written: {Path(run.path) / 'cam_eval.csv'}")
+        if not args.images:
+            return
+    paths = _expand(args.images) if args.images else default_images(run, args.limit or 4, args.split)
+    if args.limit:
+        paths = paths[:args.limit]
+    written = render(run, paths, layers, methods, out_dir=args.out, target=args.target, colormap=args.colormap,
+                     alpha=args.alpha, scale=args.scale, dpi=args.dpi)
+    folders = sorted({str(p.parent) for p in written})
+    print(f"{len(written)} files for {len(folders)} images (target: {args.target}):")
+    for folder in folders:
+        print(f"  {folder}/panel.png")
+
+
+def _sanity(run, methods, layers, args) -> None:
+    """--sanity: the weight-randomization cascade (fracture/cam/sanity.py), its table and verdicts."""
+    import pandas as pd
+
+    table = sanity_check(run, methods, layers, limit=args.limit, split=args.split, target=args.target)
+    print(f"CAM sanity check, run {run.name}: weights randomized from the top down, maps compared with "
+          f"the trained model's on {args.split} images")
+    print("(spearman: rank correlation of the maps as drawn; spearman_abs: of |map before ReLU|; "
+          "ssim: structural similarity; lower = the map depends more on the weights)")
+    with pd.option_context("display.width", 200):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for (method, layer), (rho, passed) in verdicts(table).items():
+        print(f"  {method:<9} {layer:<20} all randomized: spearman {rho:.3f} -> "
+              f"{'passes' if passed else 'FAILS'} (needs < {PASS_BELOW})")
+    print(f"written: {Path(run.path) / 'cam_sanity.csv'}, {Path(run.path) / 'plots' / 'cam_sanity.png'}")

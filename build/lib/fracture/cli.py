@@ -1,0 +1,241 @@
+"""`python -m fracture <verb>`: a dict of verbs, each a thin call into the package.
+
+Config and arguments are checked before Keras is imported, so mistakes answer in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from fracture import config as config_lib
+from fracture.errors import FractureError
+
+
+def _config(args):
+    return config_lib.load(args.config, args.overrides)
+
+
+def cmd_synth(args):
+    from fracture.synth import generate
+
+    root = generate(args.out, patients=args.patients, seed=args.seed,
+                    study_types=tuple(args.study_types.split(",")), max_size=args.max_size,
+                    difficulty=args.difficulty)
+    print(f"synthetic MURA-format data: {root}")
+
+
+def cmd_train(args):
+    cfg = _config(args)
+    from fracture.train import train
+
+    run_dir = train(cfg)
+    print(f"run folder: {run_dir}")
+
+
+def cmd_evaluate(args):
+    from fracture.evaluate import evaluate, format_table
+    from fracture.model import load_run
+
+    run = load_run(args.run)
+    cfg = config_lib.update(run.config, config_lib.parse_overrides(args.overrides)) if args.overrides else None
+    scores = evaluate(run, cfg, split=args.split)
+    role = {"test": "final, held out: report it, do not choose by it", "val": "selection"}.get(args.split, "")
+    print(f"{args.split} split{f' ({role})' if role else ''}, run {run.name}, threshold {scores['threshold']:.3f}:")
+    print(format_table(scores))
+
+
+def cmd_predict(args):
+    """The table of readable files on stdout; each unreadable file and its reason on stderr, then
+    an `error:` line and exit status 2 (a script must not mistake a partial answer for a full one)."""
+    from fracture.errors import ImageError
+
+    if args.model:  # an exported ONNX model on onnxruntime: no Keras, no TensorFlow imported
+        if args.run:
+            raise FractureError("give --run (a run's Keras model) or --model (an exported .onnx), not both")
+        from fracture import onnx_serving
+
+        table = onnx_serving.predict_paths(onnx_serving.OnnxModel(args.model), args.images)
+    else:
+        from fracture.evaluate import predict_paths
+        from fracture.model import load_run
+
+        table = predict_paths(load_run(args.run), args.images)
+    unreadable = table[table["label"] == "unreadable"]
+    readable = table[table["label"] != "unreadable"][["path", "probability", "label"]]
+    if len(readable):
+        with _pandas_wide():
+            print(readable.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for path, reason in zip(unreadable["path"], unreadable["reason"]):
+        print(f"unreadable: {path}: {reason}", file=sys.stderr)
+    if len(unreadable):
+        raise ImageError(f"{len(unreadable)} of {len(table)} inputs could not be read (listed above"
+                         f"{'; the others are predicted above' if len(readable) else ''})")
+
+
+def _pandas_wide():
+    import pandas as pd
+
+    return pd.option_context("display.max_colwidth", None, "display.width", 200)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (when it has a real one); epilogs keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if shown and "%(default)" not in text and "(default:" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def config_keys_epilog() -> str:
+    comments = config_lib.key_comments()
+    rows = [f"  {name}={value!r}  # {comments.get(name, '')}" for name, value in config_lib.Config().to_dict().items()]
+    return "config keys (key=value here, or key: value in a --config YAML file), with their defaults:\n" + "\n".join(rows)
+
+
+def add_config_arguments(parser):
+    parser.add_argument("--config", help="YAML file of config keys (see README)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fracture import __version__
+
+    parser = argparse.ArgumentParser(prog="fracture", description="Humerus fracture detection on MURA X-rays (Keras 3).",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("--version", action="version", version=f"fracture {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    add_verb = verbs.add_parser
+
+    def add_parser(name, **kwargs):  # every verb shows its defaults in --help
+        return add_verb(name, formatter_class=HelpFormatter, **kwargs)
+
+    verbs.add_parser = add_parser
+
+    p = verbs.add_parser("synth", help="generate a synthetic MURA-format dataset")
+    p.add_argument("--out", default="data/synthetic", help="folder to write MURA-v1.1/ into")
+    p.add_argument("--patients", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--study-types", default="XR_HUMERUS", help="comma list of XR_* types")
+    p.add_argument("--max-size", type=int, default=512, help="long side of the largest images, px")
+    p.add_argument("--difficulty", default="easy",
+                   help="easy, medium or hard, optionally followed by overrides, e.g. "
+                        "'medium,shift=0.2-0.4,hairline=0.5'; keys: gap (crack width / image height), "
+                        "depth (crack contrast 0-1), shift (step / shaft radius), hairline (share of "
+                        "positives with a hairline crack: thinner, no step)")
+    p.set_defaults(func=cmd_synth)
+
+    p = verbs.add_parser("train", help="train a model; writes saved_models/<run>/", epilog=config_keys_epilog())
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("cv", help="patient-level k-fold cross-validation: one run per fold (folds=5)",
+                         epilog=config_keys_epilog())
+    add_config_arguments(p)
+    p.set_defaults(func=_delegate("fracture.cv", "cli_cv"))
+
+    p = verbs.add_parser("evaluate", help="re-evaluate a run at image and study level")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data_dir=... to evaluate on other data")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("predict", help="fracture probability for image files or folders")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--model", help="an exported model.onnx instead of a run: runs on onnxruntime, without Keras")
+    p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser("cam", help="class activation maps (and --evaluate for localization scores)")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--images", nargs="*", default=[], help="image files or folders (default: a few test images)")
+    p.add_argument("--layers", default="relu", help="comma list of layer names")
+    p.add_argument("--methods", default="gradcam", help="comma list: gradcam,gradcampp,layercam,hirescam,scorecam")
+    p.add_argument("--target", default="fracture", choices=["fracture", "normal"], help="class the maps explain")
+    p.add_argument("--out", default="layer_outputs", help="folder for layer_outputs/<run>/<image>/...")
+    p.add_argument("--evaluate", action="store_true", help="pointing game, energy-in-box, deletion/insertion")
+    p.add_argument("--sanity", action="store_true",
+                   help="randomize the weights top-down and compare the maps -> <run>/cam_sanity.csv")
+    p.add_argument("--split", default="test", choices=["val", "test"],
+                   help="images for --evaluate and the default panels: test = MURA's valid folder, "
+                        "val = the patient split carved from train")
+    p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    from fracture.cam import draw  # the panels' defaults live there (fracture is imported already)
+
+    p.add_argument("--colormap", default=draw.COLORMAP, help="overlay colormap, a matplotlib name (turbo, inferno...)")
+    p.add_argument("--alpha", type=float, default=draw.ALPHA, help="weight of the map over the X-ray, 0..1")
+    p.add_argument("--scale", default="map", choices=draw.SCALES,
+                   help="map: each map to its own [0, 1] (shape only); shared: one scale per method x layer "
+                        "over the images, so weak evidence stays dim")
+    p.add_argument("--dpi", type=int, default=draw.DPI, help="resolution of panel.png and features__*.png")
+    p.set_defaults(func=_delegate("fracture.cam", "cli_cam"))
+
+    p = verbs.add_parser("serve", help="web app: upload an X-ray, get probability + CAM")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="8000: mlflow ui takes 5000")
+    p.add_argument("--model", help="an exported model.onnx instead of a run: onnxruntime, no Keras, no CAM")
+    p.set_defaults(func=_delegate("fracture.app", "cli_serve"))
+
+    p = verbs.add_parser("export", help="the run's model as ONNX, TF SavedModel or LiteRT -> <run>/export/<format>/")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--format", required=True, choices=["onnx", "tf_saved_model", "litert"])
+    p.set_defaults(func=_delegate("fracture.export", "cli_export"))
+
+    p = verbs.add_parser("report", help="one self-contained HTML report of a run -> <run>/report.html")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--cam-out", default="layer_outputs", help="where `cam` wrote the run's panels")
+    p.add_argument("--failures", type=int, default=3,
+                   help="most confident false negatives and false positives shown, each")
+    p.set_defaults(func=_delegate("fracture.report", "cli_report"))
+
+    p = verbs.add_parser("ensemble", help="average runs' probabilities (and flip TTA) into an ensemble folder")
+    p.add_argument("--runs", nargs="+", required=True, help="run names (in --runs-dir) or folders, two or more")
+    p.add_argument("--tta", default="none", choices=["none", "flip"], help="flip: also average horizontal flips")
+    p.add_argument("--threshold", help="a number or auto (chosen on val); default: auto when any member used "
+                                       "auto, else the members' threshold")
+    p.add_argument("--name", default="", help="folder name (default: ensemble-<timestamp>)")
+    p.add_argument("--runs-dir", default="saved_models")
+    p.set_defaults(func=_delegate("fracture.ensemble", "cli_ensemble"))
+
+    p = verbs.add_parser("runs", help="best MLflow runs as a table")
+    p.add_argument("--sort", default="val_study_auc",
+                   help="metric to sort by (descending); compare runs on validation, test is the final report")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--experiment", default="fracture")
+    p.set_defaults(func=_delegate("fracture.tracking", "cli_runs"))
+    return parser
+
+
+def _delegate(module: str, function: str):
+    """A verb implemented next to its feature; imported only when that verb runs."""
+
+    def run(args):
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
+
+
+def main(argv=None) -> int:
+    # The program entry owns the process environment (library code never edits it): quiet
+    # TensorFlow's C++ start-up logging before anything imports TensorFlow. A user's value wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if hasattr(args, "overrides") and args.verb != "evaluate":
+            config_lib.parse_overrides(args.overrides)  # unknown keys fail before heavy imports
+        args.func(args)
+    except FractureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,239 @@
+"""MURA-protocol evaluation: image level and study level (a study's probability is the mean of
+its images'), all metrics from scikit-learn, plus plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from fracture import stats
+from fracture.fileio import atomic_path, atomic_write_text
+from fracture.scores import is_abnormal, label
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------
+def binary_metrics(labels, probabilities, threshold: float = 0.5, clusters=None, resamples: int = 0,
+                   seed: int = 0, unit: str = "patient") -> dict:
+    """accuracy, sensitivity, specificity, ROC AUC, Cohen's kappa, confusion matrix, report, and with
+    resamples > 0 a 95 % bootstrap interval `<metric>_ci` for each of the five (fracture/stats.py)."""
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    predicted = is_abnormal(probabilities, threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    both_classes = len(np.unique(labels)) == 2
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "sensitivity": float(skm.recall_score(labels, predicted, pos_label=1, zero_division=0)),
+        "specificity": float(skm.recall_score(labels, predicted, pos_label=0, zero_division=0)),
+        "auc": float(skm.roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
+        "kappa": float(skm.cohen_kappa_score(labels, predicted)) if both_classes else float("nan"),
+        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+        "report": skm.classification_report(labels, predicted, labels=[0, 1], target_names=["normal", "abnormal"],
+                                             output_dict=True, zero_division=0),
+        **(stats.bootstrap_intervals(labels, probabilities, threshold, clusters, resamples, seed, unit)
+           if resamples > 0 else {}),
+    }
+
+
+def study_level(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per study: its label and the mean of its images' probabilities (MURA protocol), and
+    its patient when the table has one."""
+    grouped = frame.groupby("study", sort=True)
+    labels = grouped["label"].agg(["min", "max"])
+    mixed = labels[labels["min"] != labels["max"]]
+    if len(mixed):
+        raise ValueError(f"images of study {mixed.index[0]} carry different labels")
+    out = pd.DataFrame({
+        "label": labels["max"].astype(int),
+        "probability": grouped["probability"].mean(),
+        "images": grouped.size(),
+    })
+    if "patient" in frame:
+        out["patient"] = grouped["patient"].first()
+    return out.reset_index()
+
+
+def score_frame(frame: pd.DataFrame, threshold: float, resamples: int = 0, seed: int = 0) -> dict:
+    """Image- and study-level metrics for a table with label and probability columns (and study).
+
+    Intervals (resamples > 0) resample patients at both levels, so the images and studies of one
+    patient move together; a table without patients resamples studies."""
+    studies = study_level(frame)
+    unit = "patient" if "patient" in frame else "study"
+    return {"image": binary_metrics(frame["label"], frame["probability"], threshold, frame[unit], resamples, seed,
+                                    unit),
+            "study": binary_metrics(studies["label"], studies["probability"], threshold, studies[unit], resamples,
+                                    seed, unit)}
+
+
+SUMMARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "auc", "kappa")
+
+
+def _levels(scores: dict) -> dict:
+    """The level entries of a split's scores (image, study), without its notes (final, threshold...)."""
+    return {level: m for level, m in scores.items() if isinstance(m, dict) and "n" in m}
+
+
+def summary_table(scores: dict) -> pd.DataFrame:
+    """{'image': {...}, 'study': {...}} -> a small table, one row per level (n as an integer)."""
+    table = pd.DataFrame({level: {k: m[k] for k in SUMMARY_KEYS} for level, m in _levels(scores).items()}).T
+    return table.astype({"n": int})
+
+
+def format_table(scores: dict) -> str:
+    """The summary table as text: `0.91 (0.87–0.94)` where an interval exists, `0.913` where not,
+    then one line per level whose split was too small for intervals."""
+    levels = _levels(scores)
+    rows = {}
+    for level, m in levels.items():
+        rows[level] = {"n": str(int(m["n"]))}
+        for key in SUMMARY_KEYS[1:]:
+            ci = m.get(f"{key}_ci")
+            rows[level][key] = f"{m[key]:.2f} ({ci[0]:.2f}\u2013{ci[1]:.2f})" if ci else f"{m[key]:.3f}"
+    text = pd.DataFrame(rows).T.to_string()
+    notes = [f"{level}: {m['ci_note']}" for level, m in levels.items() if m.get("ci_note")]
+    if any(m.get("ci_method") for m in levels.values()):
+        notes.append(f"intervals: {next(m['ci_method'] for m in levels.values() if m.get('ci_method'))}")
+    return "\n".join([text, *notes])
+
+
+# --------------------------------------------------------------------------------------------
+# predictions
+# --------------------------------------------------------------------------------------------
+def predict_images(model, images, batch_size: int = 16) -> np.ndarray:
+    """Probabilities for uint8 (N, H, W, 1) images. `predict` runs the model with training=False,
+    so the in-model augmentation is off."""
+    n = len(images)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    # Padded to whole batches (copies of the last image, cut off again): one input shape, so the
+    # predict function is traced once per model rather than once more for a short last batch.
+    # Batches are read one at a time (a memmap cache is never copied whole into RAM).
+    from fracture.data import predict_batches
+
+    return model.predict(predict_batches(images, batch_size), verbose=0).reshape(-1)[:n]
+
+
+def predict_paths(model_or_run, paths, batch_size: int = 16, max_pixels: int | None = None) -> pd.DataFrame:
+    """Probability and label for image files (or folders of them), one row per file in input order.
+
+    Unreadable files keep their row: probability NaN, label "unreadable" and the decoder's reason
+    in `reason` (empty for the others). `max_pixels` defaults to the run's config.
+    """
+    from fracture.data import expand_image_paths, load_images
+
+    model, threshold, run_max_pixels = _model_settings(model_or_run)
+    max_pixels = run_max_pixels if max_pixels is None else max_pixels
+    files = expand_image_paths(paths)
+    size = model.input_shape[1]
+    images, ok, skipped = load_images(files, size, max_pixels=max_pixels)
+    probabilities = np.full(len(files), np.nan)
+    probabilities[ok] = predict_images(model, images[ok], batch_size)
+    out = pd.DataFrame({"path": [str(f) for f in files], "probability": probabilities})
+    out["label"] = np.where(ok, label(probabilities, threshold), "unreadable")
+    out["reason"] = out["path"].map(dict(zip(skipped["path"], skipped["reason"]))).fillna("")
+    return out
+
+
+def _model_settings(model_or_run):
+    """(model, threshold, max_pixels): a Run's own settings, else the Config defaults for a bare model."""
+    from fracture.config import Config
+
+    if hasattr(model_or_run, "model"):  # a Run
+        return model_or_run.model, model_or_run.threshold, model_or_run.config.max_pixels
+    defaults = Config()
+    return model_or_run, defaults.threshold, defaults.max_pixels
+
+
+def choose_threshold(frame: pd.DataFrame, cfg) -> tuple[float, str]:
+    """(threshold, rule) for threshold=auto, from a validation predictions table: chosen at study
+    level, where the MURA protocol makes its decision (Youden's J, or cfg.target_sensitivity)."""
+    from fracture.errors import DataError
+
+    studies = study_level(frame)
+    if studies["label"].nunique() < 2:
+        raise DataError("threshold=auto needs abnormal and normal studies in the validation split; "
+                        "set a number, e.g. threshold=0.5")
+    threshold, rule = stats.choose_threshold(studies["label"], studies["probability"], cfg.target_sensitivity)
+    return threshold, f"{rule}, study level"
+
+
+def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> dict:
+    """Re-evaluate a saved run (path or Run) on a split of its data; returns the scores and,
+    with write=True, stores them in the run's metrics.json under `split`.
+
+    The test split is the final, held-out report: stored with `final: true`, the time, and how
+    often it was evaluated; a second evaluation warns (choosing anything by test biases it).
+    threshold=auto takes the threshold chosen on validation (choosing it first when missing).
+    """
+    from fracture.data import load_index, split_arrays
+    from fracture.model import Run, load_run
+
+    run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
+    cfg = cfg or run.config
+    arrays = split_arrays(load_index(cfg), cfg)
+    if split not in arrays:
+        from fracture.errors import DataError
+
+        raise DataError(f"the data at {cfg.data_dir} has no '{split}' split")
+    frame, images, _ = arrays[split]
+    frame = frame.assign(probability=predict_images(run.model, images, cfg.batch_size))
+    stored = dict(run.metrics)
+    if cfg.threshold != "auto":
+        threshold = float(cfg.threshold)
+    elif split != "val" and run.config.threshold == "auto" and "threshold" in stored:
+        threshold = float(stored["threshold"])  # the run's own choice, made on validation
+    else:  # choose on validation now (an override to auto, or a val re-evaluation)
+        if "val" not in arrays:
+            from fracture.errors import DataError
+
+            raise DataError(f"threshold=auto needs the 'val' split, and {cfg.data_dir} has none: pass threshold=0.5")
+        val = frame if split == "val" else arrays["val"][0].assign(
+            probability=predict_images(run.model, arrays["val"][1], cfg.batch_size))
+        threshold, rule = choose_threshold(val, cfg)
+        if run.config.threshold == "auto":  # the run's stored choice; an override leaves it alone
+            stored.update(threshold=threshold, threshold_rule=rule)
+    scores = {**score_frame(frame, threshold, cfg.bootstrap_resamples, cfg.seed), "threshold": threshold}
+    if split == "test":
+        previous = stored.get("test", {}).get("evaluations", 0) if isinstance(stored.get("test"), dict) else 0
+        if previous and write:
+            log.warning("the test split of %s was evaluated before (%s): report it, do not choose a model, "
+                        "threshold or setting by it (use val for that)", run.name, stored["test"].get("evaluated"))
+        scores.update(final=True, evaluated=datetime.now().isoformat(timespec="seconds"),
+                      evaluations=previous + 1)
+    log.debug("%s split of %s:\n%s", split, run.name, format_table(scores))  # callers show it
+    if write:
+        stored[split] = scores
+        with atomic_path(run.path / f"predictions_{split}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        atomic_write_text(run.path / "metrics.json", json.dumps(stored, indent=2))
+        run.metrics = stored
+        save_plots(None, frame, scores, run.path / "plots", threshold, split)
+        from fracture import tracking
+
+        if tracking.log_evaluation(run.path, stored, split, [run.path / f"predictions_{split}.csv",
+                                                             run.path / "metrics.json"]):
+            tracking.log_artifacts(run.path, [run.path / "plots" / split], artifact_path="plots")
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
+# plots (in fracture/plots.py; this name stays for the callers that import it from here)
+# --------------------------------------------------------------------------------------------
+def save_plots(history: pd.DataFrame | None, frame: pd.DataFrame, scores: dict | None, out_dir, threshold: float,
+               split: str = "test", best_epoch: int | None = None) -> list[Path]:
+    """The run's figures as PNG files: see `fracture.plots.save_plots`."""
+    from fracture import plots
+
+    return plots.save_plots(history, frame, scores, out_dir, threshold, split, best_epoch)
