@@ -63,6 +63,7 @@ $(SYNTH_STAMP): | $(DEMO_STAMP)
 
 data: $(SYNTH_STAMP) ## generate the synthetic MURA-format dataset in data/synthetic
 
+<<<<<<< HEAD
 # One run folder per `make demo` (a timestamped name; DEMO_RUN=name to choose it), evaluated and
 # explained by name, then checked against the range documented over seeds (benchmarks/demo.py).
 # DEMO_ARGS passes key=value overrides to train, e.g. DEMO_ARGS="seed=3".
@@ -80,6 +81,14 @@ demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> G
 	$(PY) -m fracture cam --run $(DEMO_DIR) --evaluate --layers relu --methods gradcam --limit 60
 	$(PY) -m fracture cam --run $(DEMO_DIR) --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
 	$(PY) benchmarks/demo.py --check $(DEMO_DIR)
+=======
+demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels in layer_outputs/ -> <run>/report.html
+	$(PY) -m fracture train --config configs/demo.yaml
+	$(PY) -m fracture evaluate --split test
+	$(PY) -m fracture cam --evaluate --layers relu --methods gradcam --limit 60
+	$(PY) -m fracture cam --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
+	$(PY) -m fracture report
+>>>>>>> export
 
 test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browser test skips, saying why, without `make browser`)
 	$(PY) -m pytest tests -q

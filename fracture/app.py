@@ -24,6 +24,7 @@ import math
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from flask import Flask, jsonify, request
@@ -273,7 +274,8 @@ def _error(status: int, message: str, name: str | None = None):
 
 
 def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | None = None,
-               runs_dir: str | None = None, warm_up: bool = True, max_study_images: int | None = None) -> Flask:
+               runs_dir: str | None = None, warm_up: bool = True, max_study_images: int | None = None,
+               predictor=None) -> Flask:
     """The Flask app serving one run.
 
     run: a run folder (or its model.keras), a loaded `Run`, or None for $FRACTURE_RUN, else the
@@ -283,17 +285,27 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
     stored in app.config (MAX_CONTENT_LENGTH, MAX_PIXELS) and read on every request, as is
     max_study_images ($FRACTURE_MAX_STUDY_IMAGES, default 16; MAX_STUDY_IMAGES): files per study.
     The upload limit bounds a whole request, so a study's files share it.
+    predictor: an `onnx_serving.OnnxPredictor` (or $FRACTURE_MODEL, a model.onnx, when neither run
+    nor $FRACTURE_RUN is given) serves an exported model on onnxruntime, without Keras or CAMs.
     """
-    from fracture.model import Run, load_run
-
     if not logging.getLogger().handlers:  # gunicorn / flask run: make the start-up lines visible
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not isinstance(run, Run):
-        source = "argument" if run else ("$FRACTURE_RUN" if os.environ.get("FRACTURE_RUN") else None)
-        runs_dir = runs_dir or os.environ.get("FRACTURE_RUNS_DIR", "saved_models")
-        run = load_run(run or os.environ.get("FRACTURE_RUN") or None, runs_dir=runs_dir)
-        log.info("serving run %s (%s)", run.path, f"from {source}" if source else f"newest in {runs_dir}/")
-    predictor = Predictor(run)
+    if predictor is None and not run and not os.environ.get("FRACTURE_RUN") and os.environ.get("FRACTURE_MODEL"):
+        from fracture.onnx_serving import OnnxPredictor
+
+        predictor = OnnxPredictor(os.environ["FRACTURE_MODEL"])
+    if predictor is not None:
+        run = predictor.run
+        log.info("serving %s on onnxruntime (no CAM)", run.path)
+    else:
+        from fracture.model import Run, load_run
+
+        if not isinstance(run, Run):
+            source = "argument" if run else ("$FRACTURE_RUN" if os.environ.get("FRACTURE_RUN") else None)
+            runs_dir = runs_dir or os.environ.get("FRACTURE_RUNS_DIR", "saved_models")
+            run = load_run(run or os.environ.get("FRACTURE_RUN") or None, runs_dir=runs_dir)
+            log.info("serving run %s (%s)", run.path, f"from {source}" if source else f"newest in {runs_dir}/")
+        predictor = Predictor(run)
     if warm_up:
         log.info("warmed up (predict + %s on %s) in %.1f s", CAM_METHOD, ", ".join(predictor.layers),
                  predictor.warm_up())
@@ -325,7 +337,30 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         info["max_upload_mb"] = round(app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024, 3)
         info["max_pixels"] = app.config["MAX_PIXELS"]
         info["max_study_images"] = app.config["MAX_STUDY_IMAGES"]
+        if report_file():
+            info["report"] = "report"  # relative: works behind a path prefix too
         return jsonify(info)
+
+    def report_file():
+        from fracture.report import REPORT_FILE
+
+        path = Path(run.path) / REPORT_FILE
+        return path if Path(run.path).is_dir() and path.is_file() else None
+
+    @app.get("/report")
+    def report():
+        """The run's report.html (`python -m fracture report`): self-contained, so its inline
+        styles and data: images are allowed on this one page."""
+        from flask import send_file
+
+        path = report_file()
+        if path is None:
+            return _error(404, f"no report for run {run.name}: write it with "
+                               f"`python -m fracture report --run {run.path}`")
+        response = send_file(path, mimetype="text/html", max_age=0)
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'")
+        return response
 
     def analyse(data: bytes, want_cam: bool, want_image: bool, layer: str) -> tuple[dict, float]:
         """One upload -> (answer: rounded probability, verdict, size and the requested pictures;
@@ -357,6 +392,8 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         want_cam = request.args.get("cam", "").lower() in TRUE_WORDS
         want_image = request.args.get("image", "").lower() in TRUE_WORDS
         layer = request.args.get("layer") or (predictor.layers[0] if predictor.layers else "")
+        if want_cam and not predictor.layers:
+            raise UnknownLayer(getattr(predictor, "cam_note", "this model offers no CAM layer"))
         if want_cam and layer not in predictor.layers:
             raise UnknownLayer(f"unknown CAM layer {layer[:80]!r}; choose one of {', '.join(predictor.layers)}")
         return want_cam, want_image, layer
@@ -451,7 +488,14 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
 
 def cli_serve(args) -> None:
     """`python -m fracture serve`: Flask's development server (use gunicorn in production)."""
-    app = create_app(run=args.run)
+    if getattr(args, "model", None):
+        if args.run:
+            raise FractureError("give --run (a run's Keras model) or --model (an exported .onnx), not both")
+        from fracture.onnx_serving import OnnxPredictor
+
+        app = create_app(predictor=OnnxPredictor(args.model))
+    else:
+        app = create_app(run=args.run)
     log.info("open http://%s:%s/ (development server; for production see docs/app.md)", args.host, args.port)
     app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
 

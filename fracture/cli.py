@@ -51,11 +51,18 @@ def cmd_predict(args):
     """The table of readable files on stdout; each unreadable file and its reason on stderr, then
     an `error:` line and exit status 2 (a script must not mistake a partial answer for a full one)."""
     from fracture.errors import ImageError
-    from fracture.evaluate import predict_paths
-    from fracture.model import load_run
 
-    run = load_run(args.run)
-    table = predict_paths(run, args.images)
+    if args.model:  # an exported ONNX model on onnxruntime: no Keras, no TensorFlow imported
+        if args.run:
+            raise FractureError("give --run (a run's Keras model) or --model (an exported .onnx), not both")
+        from fracture import onnx_serving
+
+        table = onnx_serving.predict_paths(onnx_serving.OnnxModel(args.model), args.images)
+    else:
+        from fracture.evaluate import predict_paths
+        from fracture.model import load_run
+
+        table = predict_paths(load_run(args.run), args.images)
     unreadable = table[table["label"] == "unreadable"]
     readable = table[table["label"] != "unreadable"][["path", "probability", "label"]]
     if len(readable):
@@ -142,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("predict", help="fracture probability for image files or folders")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--model", help="an exported model.onnx instead of a run: runs on onnxruntime, without Keras")
     p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("cam", help="class activation maps (and --evaluate for localization scores)")
@@ -172,7 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder (default: newest in saved_models/)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="8000: mlflow ui takes 5000")
+    p.add_argument("--model", help="an exported model.onnx instead of a run: onnxruntime, no Keras, no CAM")
     p.set_defaults(func=_delegate("fracture.app", "cli_serve"))
+
+    p = verbs.add_parser("export", help="the run's model as ONNX, TF SavedModel or LiteRT -> <run>/export/<format>/")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--format", required=True, choices=["onnx", "tf_saved_model", "litert"])
+    p.set_defaults(func=_delegate("fracture.export", "cli_export"))
+
+    p = verbs.add_parser("report", help="one self-contained HTML report of a run -> <run>/report.html")
+    p.add_argument("--run", help="run folder (default: newest in saved_models/)")
+    p.add_argument("--cam-out", default="layer_outputs", help="where `cam` wrote the run's panels")
+    p.add_argument("--failures", type=int, default=3,
+                   help="most confident false negatives and false positives shown, each")
+    p.set_defaults(func=_delegate("fracture.report", "cli_report"))
 
     p = verbs.add_parser("ensemble", help="average runs' probabilities (and flip TTA) into an ensemble folder")
     p.add_argument("--runs", nargs="+", required=True, help="run names (in --runs-dir) or folders, two or more")

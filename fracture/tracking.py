@@ -343,14 +343,13 @@ def _save_flavor(model, local: Path, logged, run_id: str, run_dir: Path) -> None
         description = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
                             model_id=logged.model_id)
         size = tuple(int(d) for d in model.inputs[0].shape[1:])
-        # A uniform mid-gray image shows the input format; no patient's pixels in an artifact that
-        # may be registered and shared.
-        example = np.full((1, *size), 128.0, np.float32)
+        # A uniform mid-gray image shows the input format (uint8, as PNG pixels come); no patient's
+        # pixels in an artifact that may be registered and shared.
+        example = np.full((1, *size), 128, np.uint8)
         local.mkdir()  # mlflow.keras.save_model writes the input example before it creates the folder
         mlflow.keras.save_model(model, str(local), mlflow_model=description, signature=signature,
                                 input_example=example, pip_requirements=requirements(),
-                                metadata={"input": "raw grayscale pixels 0-255, float32 (N, S, S, 1)",
-                                          "output": "fracture probability (N, 1)"})
+                                metadata=input_metadata(model))
     except Exception as exc:
         log.warning("MLflow Keras flavor failed (%s); logging model.keras with its signature instead", exc)
         shutil.rmtree(local, ignore_errors=True)
@@ -393,14 +392,25 @@ def log_evaluation(run_dir, metrics: dict, split: str, paths) -> bool:
 
 
 def model_signature(model):
-    """Raw grayscale pixels (N, S, S, 1) float32 -> probability (N, 1): the model's own contract."""
+    """-> probability (N, 1) float32; the input is described in `input_metadata`, not in the schema.
+
+    MLflow enforces a tensor input's dtype exactly (no cast), so any one declared dtype refuses the
+    other: float32 refused the uint8 pixels a user reads from a PNG, uint8 would refuse floats.
+    Without an input schema pyfunc passes the array to Keras, whose model casts it to float32 (exact
+    for uint8), and `mlflow models serve` hands JSON numbers over as they come: both dtypes work."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    shape = tuple(-1 if d is None else int(d) for d in model.inputs[0].shape)
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), shape)]),
-                          outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1))]))
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1))]))
+
+
+def input_metadata(model) -> dict:
+    """The input contract, in the MLmodel file's metadata (shown by `mlflow models` and the UI)."""
+    shape = [-1 if d is None else int(d) for d in model.inputs[0].shape]
+    return {"input": f"raw grayscale pixels 0-255 {tuple(shape)}, uint8 or float (float32 inside the model)",
+            "input_shape": shape, "input_dtypes": ["uint8", "float32"],
+            "output": "fracture probability (N, 1)"}
 
 
 def requirements() -> list[str]:

@@ -139,9 +139,12 @@ def test_logged_model_loads_with_mlflow_and_predicts_like_the_run(local_run, mon
     images, ok, _ = fr.load_images(stored["path"], 32)
     assert ok.all()
     model = mlflow.pyfunc.load_model(f"runs:/{local_run.run_id}/model")
-    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 32, 32, 1)
-    probabilities = np.asarray(model.predict(images.astype(np.float32))).ravel()
-    np.testing.assert_allclose(probabilities, stored["probability"], atol=1e-5)
+    assert model.metadata.get_input_schema() is None  # MLflow would refuse every dtype but the declared one
+    assert model.metadata.metadata["input_shape"] == [-1, 32, 32, 1]
+    assert images.dtype == np.uint8  # what a PNG gives: accepted as it is, and like its float32 copy
+    from_uint8 = np.asarray(model.predict(images)).ravel()
+    np.testing.assert_array_equal(from_uint8, np.asarray(model.predict(images.astype(np.float32))).ravel())
+    np.testing.assert_allclose(from_uint8, stored["probability"], atol=1e-5)
 
 
 # What a user without this package runs: plain Keras and plain MLflow, in a fresh interpreter.
@@ -239,12 +242,24 @@ def test_logged_model_serves_with_mlflow_models_serve(local_run, tmp_path):
     serve = ["models", "serve", "-m", f"runs:/{local_run.run_id}/model", "--env-manager", "local", "-h", "127.0.0.1"]
     with mlflow_process(serve, "-p", tmp_path / "serve.log", "/ping", env=outside_env(local_run.uri),
                         cwd=tmp_path) as url:
-        request = urllib.request.Request(f"{url}/invocations", json.dumps({"inputs": images.tolist()}).encode(),
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            predictions = json.loads(answer.read())["predictions"]
-    assert np.shape(predictions) == (1, 1)
-    np.testing.assert_allclose(np.ravel(predictions), expected, atol=1e-5)
+        answers = []
+        for pixels in (images.astype(np.uint8).tolist(), images.tolist()):  # JSON ints (PNG pixels), floats
+            request = urllib.request.Request(f"{url}/invocations", json.dumps({"inputs": pixels}).encode(),
+                                             {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                answers.append(json.loads(answer.read())["predictions"])
+    assert np.shape(answers[0]) == np.shape(answers[1]) == (1, 1)
+    np.testing.assert_array_equal(answers[0], answers[1])
+    np.testing.assert_allclose(np.ravel(answers[0]), expected, atol=1e-5)
+
+
+def test_report_is_logged_to_the_run(local_run):
+    from fracture import report
+    from fracture.cli import main
+
+    assert main(["report", "--run", str(local_run.run_dir), "--failures", "1"]) == 0
+    assert "report.html" in artifact_paths(local_run.client, local_run.run_id)
+    assert report.REPORT_FILE == "report.html" and (local_run.run_dir / "report.html").is_file()
 
 
 def test_runs_cli_prints_the_best_runs_from_the_store(local_run, monkeypatch, capsys):

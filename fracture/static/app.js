@@ -62,6 +62,18 @@ async function loadModelInfo() {
       select.append(option);
     }
     select.disabled = info.cam_layers.length === 0;
+    if (info.report) {  // the run's report.html (python -m fracture report)
+      const link = document.createElement("a");
+      link.href = info.report;
+      link.id = "report-link";
+      link.textContent = "run report";
+      $("model-info").append(" · ", link);
+    }
+    if (info.cam_note) {  // an exported model without Keras: probabilities only
+      $("want-cam").checked = false;
+      $("want-cam").disabled = true;
+      $("layer-hint").textContent = info.cam_note;
+    }
     $("limit").textContent = ` · up to ${info.max_study_images} files, ${info.max_upload_mb} MB in all`;
     $("band").textContent = `${(100 * info.uncertain_band).toFixed(0)} points`;
     const colors = info.cam_colormap.colors;
