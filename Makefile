@@ -63,7 +63,6 @@ $(SYNTH_STAMP): | $(DEMO_STAMP)
 
 data: $(SYNTH_STAMP) ## generate the synthetic MURA-format dataset in data/synthetic
 
-<<<<<<< HEAD
 # One run folder per `make demo` (a timestamped name; DEMO_RUN=name to choose it), evaluated and
 # explained by name, then checked against the range documented over seeds (benchmarks/demo.py).
 # DEMO_ARGS passes key=value overrides to train, e.g. DEMO_ARGS="seed=3".
@@ -75,20 +74,13 @@ DEMO_RUNS_DIR ?= saved_models
 DEMO_ARGS ?=
 DEMO_DIR := $(DEMO_RUNS_DIR)/$(DEMO_RUN)
 
-demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels -> check against the documented range
+demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels -> <run>/report.html -> check against the documented range
 	$(PY) -m fracture train --config configs/demo.yaml run_name=$(DEMO_RUN) runs_dir=$(DEMO_RUNS_DIR) $(DEMO_ARGS)
 	$(PY) -m fracture evaluate --run $(DEMO_DIR) --split test
 	$(PY) -m fracture cam --run $(DEMO_DIR) --evaluate --layers relu --methods gradcam --limit 60
 	$(PY) -m fracture cam --run $(DEMO_DIR) --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
+	$(PY) -m fracture report --run $(DEMO_DIR)
 	$(PY) benchmarks/demo.py --check $(DEMO_DIR)
-=======
-demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels in layer_outputs/ -> <run>/report.html
-	$(PY) -m fracture train --config configs/demo.yaml
-	$(PY) -m fracture evaluate --split test
-	$(PY) -m fracture cam --evaluate --layers relu --methods gradcam --limit 60
-	$(PY) -m fracture cam --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
-	$(PY) -m fracture report
->>>>>>> export
 
 test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browser test skips, saying why, without `make browser`)
 	$(PY) -m pytest tests -q
