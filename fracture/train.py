@@ -122,7 +122,7 @@ def make_callbacks(cfg, run_dir: Path) -> list:
         early = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.early_stopping,
                                               restore_best_weights=False)
     # A target rather than a patience: the demo's from-scratch model sits at chance for several
-    # epochs before it learns, which a patience would mistake for a plateau (issue 14.6).
+    # epochs before it learns, which a patience would mistake for a plateau.
     target = stop_at_target("val_auc", cfg.stop_at_val_auc) if cfg.stop_at_val_auc else None
     if cfg.plateau_patience:
         plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=cfg.plateau_patience)
@@ -204,7 +204,7 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, model, tracker, d
     for needed in ("train", "val"):
         if needed not in arrays or not len(arrays[needed][1]):
             raise DataError(f"no readable '{needed}' images in {cfg.data_dir}")
-    train_frame, x_train, y_train = arrays["train"]
+    train_frame = arrays["train"][0]
     weights = class_weights(train_frame) if cfg.class_weighting else {0: 1.0, 1: 1.0}
     state = _fit(cfg, run_dir, model, arrays, weights, tracker, dist)
     if dist is not None and not dist.is_chief:

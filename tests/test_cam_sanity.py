@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from fracture import cam
-from tests.test_cam import BACKEND, planted, positives, run_copy, tiny_model  # noqa: F401 (fixtures)
+from tests.conftest import positives, tiny_model
+
+BACKEND = keras.backend.backend()  # in every backend test's id, so the output shows which ran
 
 
 # --------------------------------------------------------------------------------------------
