@@ -120,7 +120,7 @@ def key_comments() -> dict[str, str]:
 
 
 def markdown_table() -> str:
-    """README's key table, from the dataclass itself: each field's default and its line comment."""
+    """docs/config.md's key table, from the dataclass itself: each field's default and its line comment."""
     comments = key_comments()
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for name, value in Config().to_dict().items():

@@ -1,4 +1,6 @@
-"""What the notebooks call besides the core API: profiles, the repository's paths, reusing a run,
+"""What the notebooks call besides the core API: profiles, paths, reusing a run, figures.
+
+What the notebooks call besides the core API: profiles, the repository's paths, reusing a run,
 its final test evaluation (once), and the one figure the package does not draw (sample images; the
 run's figures come from fracture.plots, the maps' from fracture.cam). The notebooks stay thin:
 every step that needs more than a call or two lives here.

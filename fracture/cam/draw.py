@@ -1,4 +1,6 @@
-"""Pictures of the maps: overlays on the original image, labelled channel grids, and one panel per
+"""Pictures of the maps: overlays, labelled channel grids and one panel per image, as PNG files.
+
+Pictures of the maps: overlays on the original image, labelled channel grids, and one panel per
 image (rows = layers, columns = methods, a shared colorbar, the true label, the prediction and the
 fracture box), written as PNG files (and handed to MLflow when the run is tracked).
 
