@@ -92,7 +92,7 @@ def config_keys_epilog() -> str:
 
 
 def add_config_arguments(parser):
-    parser.add_argument("--config", help="YAML file of config keys (see README)")
+    parser.add_argument("--config", help="YAML file of config keys (see docs/config.md)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=2")
 
 

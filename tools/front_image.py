@@ -43,7 +43,7 @@ def side_by_side(left: Path, right: Path, out: Path) -> Path:
     canvas.paste(images[0], (0, 0))
     canvas.paste(images[1], (images[0].width + GAP, 0))
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, "JPEG", quality=90, subsampling=0, optimize=True)
+    canvas.save(out, "JPEG", quality=90, subsampling=0)
     return out
 
 
