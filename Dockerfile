@@ -4,7 +4,7 @@
 #   docker run --rm -p 8000:8000 -v "$PWD/saved_models/<run>:/srv/run:ro" fracture-app
 #   open http://127.0.0.1:8000/
 #
-# Not built or run in the development sandbox (it has no Docker engine); see docs/app.md.
+# Not yet built or run by the developers (their machines had no Docker engine); see docs/app.md.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

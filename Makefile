@@ -16,7 +16,7 @@ help: ## list the targets
 
 # Two stamps: `make demo` installs requirements.txt only (TensorFlow-CPU, Keras, MLflow, ...);
 # `make test` adds requirements-dev.txt (JAX, PyTorch CPU, pytest, nbval, Playwright).
-# GPU=tf or GPU=jax swaps in the CUDA build (requirements-gpu-*.txt; README "GPU install").
+# GPU=tf or GPU=jax swaps in the CUDA build (requirements-gpu-*.txt; docs/backends.md).
 GPU ?=
 DEMO_STAMP := $(VENV)/.installed-demo$(if $(GPU),-gpu-$(GPU))
 
@@ -88,14 +88,16 @@ test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browse
 	KERAS_BACKEND=torch $(PY) -m pytest tests -q -m backend
 	$(PY) -m pytest --nbval notebooks -q
 
-kernel: $(STAMP) ## register this .venv's Python as the Jupyter kernel "fracture" (the notebooks' kernel)
-	$(PY) -m ipykernel install --sys-prefix --name fracture --display-name "Python (fracture)"
+# The notebooks name the standard kernel `python3`: the .venv's JupyterLab runs it with the .venv's
+# Python, so a fresh `make lab` opens them without asking for a kernel.
+kernel: $(STAMP) ## for a Jupyter installed elsewhere: register this .venv's Python as the kernel "Python (fracture)"
+	$(PY) -m ipykernel install --user --name fracture --display-name "Python (fracture)"
 
-lab: kernel ## JupyterLab on notebooks/ (edit the .ipynb or its paired .py: jupytext keeps both in step)
+lab: $(STAMP) ## JupyterLab on notebooks/ (edit the .ipynb or its paired .py: jupytext keeps both in step)
 	$(VENV)/bin/jupyter lab notebooks
 
 # The stored outputs come from the full profile: the demo recipe's run (make demo first).
-notebooks: kernel ## take edits from each notebook's .py, then execute them in place in the full profile (reuses make demo's run)
+notebooks: $(STAMP) ## take edits from each notebook's .py, then execute them in place in the full profile (reuses make demo's run)
 	$(VENV)/bin/jupytext --sync notebooks/[0-9]*.py
 	for nb in notebooks/[0-9]*.ipynb; do \
 		$(VENV)/bin/jupyter execute --inplace --timeout=3600 $$nb || exit 1; done

@@ -31,6 +31,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from fracture import imageio, scores
+from fracture.cam import draw
 from fracture.errors import FractureError, ImageError
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ DEFAULT_MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS  # header width x height above t
 DEFAULT_MAX_STUDY_IMAGES = 16  # more files in one study request get 400 (MURA studies hold 1 to ~10 views)
 DISPLAY_SIZE = 512  # long side of the images the API sends back (preview, CAM overlay)
 CAM_METHOD = "gradcam"
-CAM_COLORMAP = "jet"  # the overlay's colormap; /api/model sends its colours for the page's legend
-CAM_ALPHA = 0.4  # heatmap weight in cam_png (the page blends image_png and heatmap_png itself)
+CAM_COLORMAP = draw.COLORMAP  # the CAM panels' colormap; /api/model sends its colours for the page's legend
+CAM_ALPHA = draw.ALPHA  # heatmap weight in cam_png, as in the panels (the page blends image_png and heatmap_png)
 MAX_NAME_CHARS = 120  # file names are echoed back (never used as paths), cut to this length
 # A few sensible CAM layers per backbone family, deepest first; only those present in the model
 # are offered. Deep layers localise coarsely but semantically, earlier ones sharper but noisier.

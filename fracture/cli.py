@@ -99,7 +99,7 @@ def config_keys_epilog() -> str:
 
 
 def add_config_arguments(parser):
-    parser.add_argument("--config", help="YAML file of config keys (see README)")
+    parser.add_argument("--config", help="YAML file of config keys (see docs/config.md)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=2")
 
 
@@ -225,7 +225,8 @@ def _delegate(module: str, function: str):
 
 
 def main(argv=None) -> int:
-    # The program entry owns the process environment (library code never edits it): quiet
+    # The program entry sets the process-wide defaults (the one library exception is
+    # tracking._http_limits, which bounds MLflow's HTTP retries for the length of one call): quiet
     # TensorFlow's C++ start-up logging before anything imports TensorFlow. A user's value wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)

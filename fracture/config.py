@@ -17,17 +17,20 @@ from pathlib import Path
 import yaml
 
 from fracture.errors import ConfigError
-
-log = logging.getLogger(__name__)
 from fracture.fileio import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 # Names a config may use, kept here (not looked up in Keras) so a typo fails at load time, in
-# milliseconds, before any framework is imported. tests/test_config.py checks each against Keras.
-BACKBONES = (
-    "DenseNet121", "DenseNet169", "DenseNet201", "ResNet50", "ResNet101", "ResNet152",
-    "ResNet50V2", "ResNet101V2", "ResNet152V2", *(f"EfficientNetB{i}" for i in range(8)),
-    "VGG16", "VGG19", "Xception", "InceptionV3",
-)
+# milliseconds, before any framework is imported. tests/test_preflight.py checks each against Keras.
+# Each backbone -> the keras.applications module that defines it (its preprocessing and weights file).
+BACKBONES = {
+    "DenseNet121": "densenet", "DenseNet169": "densenet", "DenseNet201": "densenet",
+    "ResNet50": "resnet", "ResNet101": "resnet", "ResNet152": "resnet",
+    "ResNet50V2": "resnet_v2", "ResNet101V2": "resnet_v2", "ResNet152V2": "resnet_v2",
+    **{f"EfficientNetB{i}": "efficientnet" for i in range(8)},
+    "VGG16": "vgg16", "VGG19": "vgg19", "Xception": "xception", "InceptionV3": "inception_v3",
+}
 # keras.optimizers that take just a learning rate (Muon and schedule-free AdamW need more).
 OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl", "lion", "nadam",
               "rmsprop", "sgd")
@@ -119,7 +122,7 @@ def key_comments() -> dict[str, str]:
 
 
 def markdown_table() -> str:
-    """README's key table, from the dataclass itself: each field's default and its line comment."""
+    """docs/config.md's key table, from the dataclass itself: each field's default and its line comment."""
     comments = key_comments()
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for name, value in Config().to_dict().items():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fracture.config import STUDY_TYPES, parse_study_types  # noqa: F401  (STUDY_TYPES: re-exported)
+from fracture.config import parse_study_types
 from fracture.errors import DataError, ImageError
 from fracture.imageio import DECODER_VERSION, DEFAULT_MAX_PIXELS, is_dicom_file, read_gray
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 COLUMNS = ["path", "label", "patient", "study", "study_type", "split"]
 MURA_SPLITS = {"train": "train", "valid": "test"}  # MURA's own test set is hidden: valid is our test
+CACHE_FORMAT = "npy-mmap"  # part of the cache key: caches of the older .npz format are decoded afresh
 
 
 def is_image_file(path: Path) -> bool:
@@ -257,8 +258,6 @@ def cache_key(paths, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
         digest.update(f"\n{p}|{stamp}".encode())
     return digest.hexdigest()[:16]
 
-
-CACHE_FORMAT = "npy-mmap"  # part of the cache key: caches of the older .npz format are decoded afresh
 
 
 def load_images(paths, size: int, cache_dir=None,

@@ -1,4 +1,6 @@
-"""MURA-protocol evaluation: image level and study level (a study's probability is the mean of
+"""MURA-protocol evaluation at image and study level, with scikit-learn's metrics, and plots.
+
+MURA-protocol evaluation: image level and study level (a study's probability is the mean of
 its images'), all metrics from scikit-learn, plus plots."""
 
 from __future__ import annotations

@@ -35,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fracture.config import Config
 from fracture.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 40_000_000  # header width x height (x frames) above this is refused
+DEFAULT_MAX_PIXELS = Config.max_pixels  # header width x height (x frames) above this is refused
 DECODER_VERSION = 2  # part of the decode-cache key: bump whenever decoded pixels change
 NOT_AN_IMAGE = "not a readable image (PNG, JPEG, BMP, TIFF or DICOM expected)"
 PNG_END = b"\0\0\0\0IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC; the last 12 bytes of a PNG

@@ -22,18 +22,11 @@ import keras
 
 from fracture import config as config_lib
 from fracture import resume
+from fracture.config import BACKBONES  # backbone name -> keras.applications module (preprocess_input, weights)
 from fracture.errors import FractureError, WeightsError
 
 log = logging.getLogger(__name__)
 
-# backbone name -> keras.applications module holding its preprocess_input
-BACKBONES = {
-    "DenseNet121": "densenet", "DenseNet169": "densenet", "DenseNet201": "densenet",
-    "ResNet50": "resnet", "ResNet101": "resnet", "ResNet152": "resnet",
-    "ResNet50V2": "resnet_v2", "ResNet101V2": "resnet_v2", "ResNet152V2": "resnet_v2",
-    **{f"EfficientNetB{i}": "efficientnet" for i in range(8)},
-    "VGG16": "vgg16", "VGG19": "vgg19", "Xception": "xception", "InceptionV3": "inception_v3",
-}
 # Names of the layers this module adds in front of the backbone and behind it.
 PREPROCESS_LAYERS = ("augment_flip", "augment_rotation", "augment_zoom", "augment_translation",
                      "gray_to_rgb", "backbone_preprocess")

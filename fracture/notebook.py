@@ -1,4 +1,6 @@
-"""What the notebooks call besides the core API: profiles, the repository's paths, reusing a run,
+"""What the notebooks call besides the core API: profiles, paths, reusing a run, figures.
+
+What the notebooks call besides the core API: profiles, the repository's paths, reusing a run,
 its final test evaluation (once), and the one figure the package does not draw (sample images; the
 run's figures come from fracture.plots, the maps' from fracture.cam). The notebooks stay thin:
 every step that needs more than a call or two lives here.
@@ -38,6 +40,7 @@ SMOKE = dict(data_dir=f"{SMOKE_DATA}/MURA-v1.1", weights="none", image_size=48, 
 PATH_KEYS = ("data_dir", "cache_dir", "runs_dir")
 # Keys that name or file a run but do not change what it learns: ignored when looking for a run to reuse.
 BOOKKEEPING = ("run_name", "runs_dir", "cache_dir", "mlflow", "mlflow_experiment", "verbose")
+SCREEN_WIDTH = 1000  # pixels: pictures shown in a notebook, about the width of JupyterLab's or GitHub's page
 
 
 def root() -> Path:
@@ -88,10 +91,17 @@ def settings(cfg: config_lib.Config, *keys: str) -> dict:
     return shown
 
 
-def relative_paths(frame, column: str = "path"):
-    """A copy of a table with its file paths shown relative to the repository root."""
-    base = str(root()) + os.sep
-    return frame.assign(**{column: frame[column].astype(str).str.removeprefix(base)})
+def relative_paths(frame, column: str = "path", to=None):
+    """A copy of a table with its file paths shown relative to `to` (default: the repository root;
+    e.g. the run's data folder, so that a MURA path fits a table column)."""
+    repo = root()
+    base = os.path.normpath(repo / (to or "")) + os.sep  # an absolute `to` replaces repo here
+
+    def shown(path: str) -> str:
+        full = os.path.normpath(repo / path)  # a relative path in a table is relative to the repository
+        return full.removeprefix(base) if full.startswith(base) else path
+
+    return frame.assign(**{column: frame[column].astype(str).map(shown)})
 
 
 def ensure_smoke_data() -> None:
@@ -195,7 +205,7 @@ def samples_figure(frame, n: int = 8, seed: int = 0):
     train = frame[frame["split"] == "train"]
     picks = pd.concat([part.sample(min(n // 2, len(part)), random_state=seed)
                        for _, part in train.groupby("label")])
-    fig = new_figure(2 * len(picks), 2.6)
+    fig = new_figure(1.4 * len(picks), 2.1)  # about 1100 px wide at the notebook's 100 dpi
     for ax, row in zip(np.atleast_1d(fig.subplots(1, len(picks))), picks.itertuples()):
         ax.imshow(read_gray(row.path), cmap="gray")
         ax.set_title(f"{'abnormal' if row.label else 'normal'}\n{row.patient}", fontsize=8)
@@ -203,11 +213,23 @@ def samples_figure(frame, n: int = 8, seed: int = 0):
     return fig
 
 
-def png(path):
-    """A PNG file (a CAM panel) for Jupyter to show at its own resolution."""
-    from IPython.display import Image
+def picture(path, width: int = SCREEN_WIDTH):
+    """An image file (a CAM panel, saved at print resolution) for Jupyter to show at screen size:
+    at most `width` pixels wide, as a JPEG of quality 90 with full colour resolution. A 150-dpi
+    panel is 2-3 MB as PNG; this keeps the colormap readable at about a tenth of that, so the
+    stored notebook stays small. The file itself is not changed."""
+    import io
 
-    return Image(filename=str(path))
+    from IPython.display import Image
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as image:
+        image = image.convert("RGB")
+        if image.width > width:
+            image = image.resize((width, round(image.height * width / image.width)), PILImage.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90, subsampling=0)
+    return Image(data=buffer.getvalue(), format="jpeg")
 
 
 def relative_files(folder) -> list[str]:

@@ -1,4 +1,6 @@
-"""The run's figures: training curves, ROC, precision-recall, reliability diagram and confusion
+"""The run's figures: training curves, ROC, precision-recall, reliability, confusion matrices.
+
+The run's figures: training curves, ROC, precision-recall, reliability diagram and confusion
 matrices at image and study level, each naming its split and n.
 
 Every function returns a matplotlib `Figure` (no pyplot state, so a notebook's inline plots and

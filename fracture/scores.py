@@ -1,8 +1,8 @@
 """The one probability and the one label rule, shared by the app, the CAM panels and evaluation.
 
 Keras-free on purpose: the web app, `evaluate` and `fracture.cam` all import it, and the rule must
-not differ between them (a label computed one way in the app and another in the metrics is the
-kind of drift STYLE.md warns about).
+not differ between them: a label computed one way in the app and another in the metrics would
+let the page and the reported scores disagree about the same image.
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def _marker_box(p):
 
 def _render(p, crack):
     """Float image -> uint8; everything is computed in the bone's own (u along, v across) frame."""
-    h, w, big_l, r = p["H"], p["W"], p["L"], p["R"]
+    h, w, r = p["H"], p["W"], p["R"]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     dx, dy = xx - p["cx"], yy - p["cy"]
     st, ct = math.sin(p["theta"]), math.cos(p["theta"])

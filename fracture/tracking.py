@@ -74,7 +74,13 @@ def _missing_local_store(uri: str) -> bool:
 
 @contextlib.contextmanager
 def _http_limits(retries: int, timeout: int):
-    """Bound MLflow's HTTP retries and timeout inside the block; values the user set are kept."""
+    """Bound MLflow's HTTP retries and timeout inside the block; values the user set are kept.
+
+    MLflow reads these only from the environment, so this edits os.environ, which is process-wide
+    and not thread-safe: another thread talking to MLflow inside the block gets the same bounds,
+    and two overlapping blocks can leave one value set. The package calls it from the command's
+    main thread only; an application that talks to MLflow from other threads at the same time
+    should set the two variables itself, which this then leaves alone."""
     added = []
     for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", retries), ("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout)):
         if key not in os.environ:

@@ -226,7 +226,7 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, model, tracker, d
     for needed in ("train", "val"):
         if needed not in arrays or not len(arrays[needed][1]):
             raise DataError(f"no readable '{needed}' images in {cfg.data_dir}")
-    train_frame, x_train, y_train = arrays["train"]
+    train_frame = arrays["train"][0]
     weights = class_weights(train_frame) if cfg.class_weighting else {0: 1.0, 1: 1.0}
     state = _fit(cfg, run_dir, model, arrays, weights, tracker, dist)
     if dist is not None and not dist.is_chief:

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python (fracture)
+#     display_name: Python 3 (ipykernel)
 #     language: python
-#     name: fracture
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -25,9 +25,9 @@
 # **Time and hardware:** with `profile = "full"` this notebook uses the demo recipe
 # (`configs/demo.yaml`: DenseNet121 from scratch on the synthetic MURA-format data of `make data`).
 # If `make demo` already trained that recipe, the notebook reuses its run and finishes in about a
-# minute on a 2-core CPU; training it here took about 7.5 min on that CPU (README, "What the demo
-# does and reaches"). `profile = "smoke"` runs a 48-px, 2-epoch model in about a minute: it
-# checks that every cell works, nothing more. The cost of the real recipe (MURA humerus, 224 px,
+# minute on a 2-core CPU; training it here took about 7.5 min on that CPU (docs/demo.md).
+# `profile = "smoke"` runs a 48-px, 2-epoch model in about a minute: it checks that every cell
+# works, nothing more. The cost of the real recipe (MURA humerus, 224 px,
 # 40 epochs) is estimated at the end.
 #
 # The stored outputs below come from the full profile: the demo recipe's run.
@@ -231,18 +231,17 @@ nb.relative_files(run_dir)
 # (587 patients); with 20 % of the patients held out for validation, an epoch trains on about
 # 1,020 images and validates on about 250 (the exact split depends on the patients).
 #
-# - **CPU** (docs/benchmarks.md, "Training input pipeline": this repo's 2-core sandbox,
+# - **CPU** (docs/benchmarks.md, "Training input pipeline": 2 cores of an Intel Xeon,
 #   TensorFlow-CPU 2.21, DenseNet121 top 60 layers trainable, 224 px, batch 16): 8.8 img/s when
 #   training and 29.9 img/s for a forward pass (the "Grad-CAM cost" section). 40 epochs ×
 #   1,020 / 8.8 ≈ 4,600 s of training steps plus 40 × 250 / 29.9 ≈ 330 s of validation:
 #   **about 1 h 25 min**.
-# - **GPU**: one H100 with the JAX backend and bf16 ran the same top-60 training at 843 img/s at
-#   batch 16 and 2,742 img/s at batch 64 (in-memory arrays; quoted from the project's issue 14,
-#   not re-measured here): 40 × 1,270 images / 843 ≈ **1 min** of compute at batch 16, so on a
-#   GPU the decode, the per-epoch evaluation and start-up, not the training steps, set the time.
+# - **GPU**: not measured yet; `python benchmarks/gpu.py` measures the same top-60 training on
+#   one (docs/benchmarks.md). On a GPU the decode, the per-epoch evaluation and start-up, rather
+#   than the training steps, are likely to set the time.
 #
 # ## What to try next
-# - Train on MURA: download it (README, "The real data"), then `config_file = ""` and
+# - Train on MURA: download it (docs/data.md), then `config_file = ""` and
 #   `data_dir = "data/MURA-v1.1"`; ImageNet weights are downloaded once.
 # - Other backbones (`backbone="ResNet50"`, `"EfficientNetB0"`...) and more or fewer trainable
 #   layers; compare runs with `python -m fracture runs` or `make mlflow-ui`.

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python (fracture)
+#     display_name: Python 3 (ipykernel)
 #     language: python
-#     name: fracture
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -40,9 +40,13 @@ run = ""  # a run folder, e.g. saved_models/20261123-101500-densenet121; empty: 
 
 # %% tags=["nbval-ignore-output"]
 # %matplotlib inline
+import pandas as pd
+
 import fracture as fr
 from fracture import notebook as nb
 from fracture.evaluate import format_table
+
+pd.set_option("display.max_colwidth", None, "display.width", 120)  # whole file paths in tables
 
 loaded = nb.load_run(run, profile)
 print("profile:", nb.profile(profile), "| run:", loaded.name)
@@ -75,14 +79,15 @@ print("re-evaluation equals the stored metrics:", same)
 # ## Predict single images
 # Any image file (PNG, JPEG, DICOM) or folder: the saved model takes raw pixels, so nothing but
 # the file is needed. You should see one row per image with its probability and its label at the
-# run's threshold (`loaded.threshold`, the same one the CLI and the web app apply).
+# run's threshold (`loaded.threshold`, the same one the CLI and the web app apply); paths are shown
+# relative to the run's data folder, and `reason` says why a file could not be read.
 
 # %%
 paths = fr.load_index(loaded.config).query("split == 'test'")["path"].head(4).tolist()
 print(len(paths), "images")
 
 # %% tags=["nbval-ignore-output"]
-nb.relative_paths(fr.predict_paths(loaded, paths))
+nb.relative_paths(fr.predict_paths(loaded, paths), to=loaded.config.data_dir)
 
 # %% [markdown]
 # ## Study level
@@ -95,7 +100,7 @@ nb.relative_paths(fr.predict_paths(loaded, paths))
 val = nb.predictions(loaded, "val")
 study = val.groupby("study").size().idxmax()
 images_of_study = val[val["study"] == study]
-display(nb.relative_paths(images_of_study)[["path", "label", "probability"]])
+display(nb.relative_paths(images_of_study, to=loaded.config.data_dir)[["path", "label", "probability"]])
 fr.study_level(images_of_study)
 
 # %% [markdown]

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python (fracture)
+#     display_name: Python 3 (ipykernel)
 #     language: python
-#     name: fracture
+#     name: python3
 # ---
 
 # %% [markdown]
@@ -76,7 +76,7 @@ print(format_table(loaded.metrics[split]))
 paths = cam.default_images(loaded, n=images)
 written = cam.render(loaded, paths, layers, methods, out_dir=nb.root() / "layer_outputs")
 for panel in [p for p in written if p.name == "panel.png"]:
-    display(nb.png(panel))
+    display(nb.picture(panel))
 
 # %% [markdown]
 # **How to read a map.** A CAM answers "which regions, weighted by this layer's features, raise
@@ -138,7 +138,7 @@ sanity.round(3)
 # with every layer randomized is below 0.5 (`cam.PASS_BELOW`).
 
 # %% tags=["figure"]
-nb.png(loaded.path / "plots" / "cam_sanity.png")
+nb.picture(loaded.path / "plots" / "cam_sanity.png")
 
 # %% [markdown]
 # The verdict per method and layer: the mean rank correlation with every layer randomized, and

@@ -2,11 +2,12 @@
 
 - The replay runs in the smoke profile: FRACTURE_NOTEBOOK_PROFILE=smoke for the kernels nbval
   starts (a value you set yourself wins).
-- The kernel is this interpreter's (nbval's --nbval-current-env), not the notebooks' kernelspec
-  "fracture", which exists only after `make lab` or `make kernel`.
+- The kernel is this interpreter's (nbval's --nbval-current-env), not whatever the notebooks'
+  kernelspec `python3` resolves to in the Jupyter installed.
 - Start-up log lines of the backends are sanitized with notebooks/sanitize.cfg.
-- A cell tagged `figure` fails when it produced no image/png (nbval never compares images, so a
-  figure that silently stopped rendering would otherwise pass).
+- A cell tagged `figure` fails when it produced no image (image/png from matplotlib, image/jpeg
+  from `nb.picture`): nbval never compares images, so a figure that silently stopped rendering
+  would otherwise pass.
 """
 
 import os
@@ -32,6 +33,6 @@ def pytest_runtest_call(item):
     result = yield
     cell = getattr(item, "cell", None)
     if cell is not None and "figure" in cell.metadata.get("tags", []):
-        shown = [o for o in item.test_outputs or [] if "image/png" in o.get("data", {})]
-        assert shown, f"{item.name} is tagged 'figure' but showed no image/png"
+        shown = [o for o in item.test_outputs or [] if {"image/png", "image/jpeg"} & set(o.get("data", {}))]
+        assert shown, f"{item.name} is tagged 'figure' but showed no image"
     return result

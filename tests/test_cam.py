@@ -16,61 +16,13 @@ import pytest
 from fracture import cam
 from fracture.errors import FractureError
 from fracture.scores import probability
+from tests.conftest import SIZE, positives, tiny_model
 
 BACKEND = keras.backend.backend()  # in every backend test's id, so the output shows which ran
-SIZE, PATCH = 32, 5
+
 # early: full resolution; inner: inside a residual block (its input also feeds the skip path,
 # like DenseNet's conv3_block2_1_relu); last: the layer before global pooling (8x8).
 LAYERS = ["early", "inner", "last"]
-
-
-def tiny_model():
-    L = keras.layers
-    image = keras.Input((SIZE, SIZE, 1), name="image")
-    x = L.Rescaling(1 / 255.0, name="scale")(image)
-    early = L.Conv2D(8, 3, padding="same", activation="relu", name="early")(x)
-    middle = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="middle")(early)
-    inner = L.Conv2D(8, 3, padding="same", activation="relu", name="inner")(middle)
-    block = L.Add(name="skip")([middle, L.Conv2D(8, 3, padding="same", name="inner_out")(inner)])
-    block = L.ReLU(name="block")(block)
-    last = L.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="last")(block)
-    logit = L.Dense(1, name="logit")(L.GlobalAveragePooling2D(name="pool")(last))
-    return keras.Model(image, L.Activation("sigmoid", name="probability")(logit))
-
-
-def planted_images(n, seed):
-    """Dim noise; every odd image (label 1) carries one bright 5x5 patch at a random place.
-    Returns images, labels and the patch boxes (x0, y0, x1, y1), drawn for negatives too."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 60, (n, SIZE, SIZE, 1)).astype(np.float32)
-    y = (np.arange(n) % 2 == 0).astype(np.float32)
-    boxes = np.zeros((n, 4), int)
-    for i in range(n):
-        r, c = rng.integers(1, SIZE - PATCH - 1, 2)
-        boxes[i] = c, r, c + PATCH, r + PATCH
-        if y[i]:
-            x[i, r:r + PATCH, c:c + PATCH] = rng.uniform(200, 255)
-    return np.round(x), y, boxes  # whole pixel values, as decoded images have
-
-
-@pytest.fixture(scope="module")
-def planted():
-    """The tiny net trained until it detects the patch: (model, test images, labels, boxes)."""
-    keras.utils.set_random_seed(0)
-    model = tiny_model()
-    # lr 3e-3 x 12 epochs learned for each of 6 seeds tried (1e-2 left 2 of 6 nets dead).
-    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy", metrics=["accuracy"])
-    x, y, _ = planted_images(128, seed=0)
-    model.fit(x, y, epochs=12, batch_size=16, verbose=0)
-    xt, yt, bt = planted_images(6, seed=1)  # test order: pos, neg, pos, neg, pos, neg
-    accuracy = np.mean((model.predict(xt, verbose=0)[:, 0] > 0.5) == yt)
-    assert accuracy == 1.0, f"the planted-signal net did not learn on {BACKEND}"
-    return model, xt, yt, bt
-
-
-def positives(planted):
-    model, x, y, boxes = planted
-    return model, x[y == 1], boxes[y == 1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,7 +88,7 @@ def test_last_layer_maps_equal_the_closed_form(planted, backend):
 
 def reference_gradcam(model, x, layer, sign):
     """Grad-CAM written out here, apart from fracture.cam: eager autodiff of sign * logit with
-    respect to the layer's activation (activation model + head, STYLE.md), channel weights = the
+    respect to the layer's activation (activation model + head), channel weights = the
     gradients' spatial mean. Returns (maps (B, h, w) after the ReLU, logits (B,))."""
     activation = model.get_layer(layer).output
     activation_model = keras.Model(model.input, activation)
@@ -482,17 +434,6 @@ def test_user_errors_are_clear(planted):
 # --------------------------------------------------------------------------------------------
 # on a trained DenseNet121 run folder: render, evaluate, CLI
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def run_copy(trained_run, tmp_path_factory):
-    """The session run in a folder of its own (files written here do not leak into other tests),
-    loaded once so the tests below share its compiled CAM functions."""
-    from fracture.model import load_run
-
-    folder = tmp_path_factory.mktemp("cam_run") / "tiny"
-    folder.mkdir()
-    for name in ("model.keras", "config.yaml", "complete.json"):
-        shutil.copy(trained_run / name, folder / name)
-    return load_run(folder)
 
 
 def test_render_writes_named_files_and_hands_them_to_mlflow(run_copy, tmp_path, monkeypatch):

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from fracture import cam
-from tests.test_cam import BACKEND, planted, positives, run_copy, tiny_model  # noqa: F401 (fixtures)
+from tests.conftest import positives, tiny_model
+
+BACKEND = keras.backend.backend()  # in every backend test's id, so the output shows which ran
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def test_pointing_game_counts_a_blank_map_as_a_miss():
     np.testing.assert_array_equal(cam.pointing_game(maps, boxes), [0, 0, 1])
 
 
-def test_evaluate_reports_both_random_baselines(run_copy):  # noqa: F811
+def test_evaluate_reports_both_random_baselines(run_copy):
     table = cam.evaluate_localization(run_copy, ["gradcam"], ["relu", "pool4_relu"], limit=2, steps=2)
     assert list(zip(table["method"], table["layer"])) == [
         ("gradcam", "relu"), ("gradcam", "pool4_relu"), ("random_pixel", "-"),
@@ -201,7 +203,7 @@ def test_evaluate_reports_both_random_baselines(run_copy):  # noqa: F811
     assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
 
 
-def test_cli_sanity_writes_the_table_and_the_figure(run_copy, capsys, monkeypatch):  # noqa: F811
+def test_cli_sanity_writes_the_table_and_the_figure(run_copy, capsys, monkeypatch):
     from fracture.cli import main
 
     monkeypatch.setattr("fracture.model.load_run", lambda path: run_copy)

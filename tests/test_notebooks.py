@@ -1,7 +1,8 @@
 """The notebooks: each .ipynb is paired with a jupytext percent .py (the reviewed source) and the
 two hold the same cells; the cells are thin (no def/class) and narrated; the first cell holds the
 papermill parameters as separate variables; the stored outputs come from one clean top-to-bottom
-run; and, executed afresh (slow), every cell tagged `figure` shows an image.
+run and hold at most 1.5 MB of outputs; and, executed afresh (slow), every cell tagged `figure`
+shows an image.
 
 `make notebooks` re-executes and saves them; `pytest --nbval notebooks/` replays them (see
 notebooks/README.md and notebooks/conftest.py)."""
@@ -18,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+IMAGE_TYPES = ("image/png", "image/jpeg")  # matplotlib figures are PNG; nb.picture's screen copies JPEG
+MAX_OUTPUT_BYTES = 1_500_000  # per notebook: what every clone stores, and what GitHub's viewer renders
 PARAMETERS = {  # the variables each notebook's parameters cell must define, papermill-style
     "1_train.ipynb": {"profile", "config_file", "data_dir", "image_size", "epochs", "batch_size", "run_name",
                       "reuse", "verbose"},
@@ -32,9 +35,16 @@ def code_cells(nb):
 
 
 def figure_cells_without_png(nb) -> list[int]:
-    """Indices (among code cells) of the cells tagged `figure` whose outputs hold no image/png."""
+    """Indices (among code cells) of the cells tagged `figure` whose outputs hold no image (PNG or JPEG)."""
     return [i for i, cell in enumerate(code_cells(nb)) if "figure" in cell.metadata.get("tags", [])
-            and not any("image/png" in out.get("data", {}) for out in cell.outputs)]
+            and not any(kind in out.get("data", {}) for out in cell.outputs for kind in IMAGE_TYPES)]
+
+
+def output_bytes(nb) -> int:
+    """Bytes the stored outputs take in the .ipynb's JSON (images are base64 text there)."""
+    import json
+
+    return sum(len(json.dumps(out)) for cell in code_cells(nb) for out in cell.outputs)
 
 
 def python_of(cell) -> str:
@@ -75,6 +85,55 @@ def test_outputs_come_from_one_clean_top_to_bottom_run(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_outputs_stay_small(path):
+    """Pictures at screen resolution (nb.picture, figures at 100 dpi): a notebook's outputs at most
+    1.5 MB, measured as the JSON text they take in the file."""
+    size = output_bytes(nbformat.read(path, as_version=4))
+    assert size <= MAX_OUTPUT_BYTES, (
+        f"{path.name} stores {size / 1e6:.1f} MB of outputs (limit {MAX_OUTPUT_BYTES / 1e6:.1f} MB): show pictures "
+        "with nb.picture, fewer panels, or nothing that only repeats layer_outputs/")
+
+
+def test_the_size_check_counts_base64_images():
+    image = nbformat.v4.new_output("display_data", data={"image/png": "A" * 2_000_000})
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[image])])
+    assert 2_000_000 < output_bytes(nb) < 2_000_200
+
+
+def test_picture_is_a_screen_size_jpeg_and_leaves_the_file(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from fracture import notebook as nb
+
+    path = tmp_path / "panel.png"
+    pixels = np.random.default_rng(0).integers(0, 255, (300, 2400, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    before = path.read_bytes()
+    shown = nb.picture(path, width=1000)
+    decoded = Image.open(io.BytesIO(shown.data))
+    assert (decoded.format, decoded.size) == ("JPEG", (1000, 125)) and path.read_bytes() == before
+    assert nb.picture(path, width=4000).data[:3] == b"\xff\xd8\xff"  # never enlarged, still a JPEG
+    assert Image.open(io.BytesIO(nb.picture(path, width=4000).data)).size == (2400, 300)
+
+
+def test_relative_paths_to_the_data_folder(monkeypatch):
+    import pandas as pd
+
+    from fracture import notebook as nb
+
+    monkeypatch.chdir(ROOT / "notebooks")
+    frame = pd.DataFrame({"path": ["data/d/MURA-v1.1/valid/a.png", str(ROOT / "data/d/MURA-v1.1/train/b.png"),
+                                   "/elsewhere/c.png"]})
+    assert nb.relative_paths(frame)["path"].tolist() == [
+        "data/d/MURA-v1.1/valid/a.png", "data/d/MURA-v1.1/train/b.png", "/elsewhere/c.png"]
+    for to in ("data/d/MURA-v1.1", str(ROOT / "data/d/MURA-v1.1")):
+        assert nb.relative_paths(frame, to=to)["path"].tolist() == ["valid/a.png", "train/b.png", "/elsewhere/c.png"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebooks_are_thin_and_narrated(path):
     nb = nbformat.read(path, as_version=4)
     for cell in code_cells(nb):
@@ -102,13 +161,15 @@ def test_first_code_cell_holds_separate_parameters(path):
 def test_the_figure_check_fails_on_a_figure_that_did_not_render():
     """The check behind the executing test and notebooks/conftest.py, on hand-made outputs: a figure
     cell that printed only `<Figure ...>` (what a notebook shows when matplotlib's Agg backend is
-    forced or `%matplotlib inline` is missing) is caught; one with image/png is not."""
+    forced or `%matplotlib inline` is missing) is caught; one with image/png or image/jpeg is not."""
     text_only = nbformat.v4.new_output("execute_result", data={"text/plain": "<Figure size 640x480 with 1 Axes>"})
     png = nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})
+    jpeg = nbformat.v4.new_output("display_data", data={"image/jpeg": "/9j/4AAQ", "text/plain": "<Image>"})
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("fig", metadata={"tags": ["figure"]}, outputs=[text_only]),
         nbformat.v4.new_code_cell("fig", metadata={"tags": ["figure"]}, outputs=[png]),
         nbformat.v4.new_code_cell("1 + 1", outputs=[]),
+        nbformat.v4.new_code_cell("pic", metadata={"tags": ["figure"]}, outputs=[jpeg]),
     ])
     assert figure_cells_without_png(nb) == [0]
 
@@ -128,7 +189,7 @@ def test_notebooks_execute_with_papermill_and_show_their_figures(tmp_path):
         executed = nbformat.read(out, as_version=4)
         assert 'profile = "smoke"' in code_cells(executed)[1].source  # papermill's injected parameters cell
         missing = figure_cells_without_png(executed)
-        assert not missing, f"{path.name}: figure cells {missing} showed no image/png"
+        assert not missing, f"{path.name}: figure cells {missing} showed no image"
 
 
 def test_profile_parameter_and_environment_variable(monkeypatch):

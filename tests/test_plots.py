@@ -104,12 +104,17 @@ def test_confusion_counts_equal_a_crosstab(frame, threshold):
     for ax, part in zip(fig.axes, (frame, by_study(frame))):
         table = pd.crosstab(part["label"], part["probability"] > threshold).reindex(
             index=[0, 1], columns=[False, True], fill_value=0)
-        shown = np.zeros((2, 2), int)
-        for text in ax.texts:  # "count\n(share)" at the cell's centre
-            x, y = text.get_position()
-            shown[round(y), round(x)] = int(text.get_text().split("\n")[0])
-        np.testing.assert_array_equal(shown, table.to_numpy())
+        np.testing.assert_array_equal(shown_counts(ax), table.to_numpy())
         assert f"n={len(part)}" in ax.get_title()
+
+
+def shown_counts(ax) -> np.ndarray:
+    """The 2x2 counts a confusion-matrix axes prints ("count\n(share)" at each cell's centre)."""
+    shown = np.zeros((2, 2), int)
+    for text in ax.texts:
+        x, y = text.get_position()
+        shown[round(y), round(x)] = int(text.get_text().split("\n")[0])
+    return shown
 
 
 def test_calibration_bins_match_numpy(frame):
@@ -139,5 +144,13 @@ def test_one_class_data_draws_a_note_not_an_error(tmp_path):
     fig = plots.roc(only_normal, 0.5, "test")
     assert any(re.search("one class only", t.get_text()) for t in fig.axes[0].texts)
     assert plots.save_figure(plots.precision_recall(only_normal, 0.5), tmp_path / "pr.png").stat().st_size > 0
-    plots.calibration(only_normal)
-    plots.confusion_matrices(only_normal, 0.5)
+    # calibration: no reliability curve for a one-class level, but the histogram still counts its images
+    top, bottom = plots.calibration(only_normal).axes
+    assert not top.get_lines()
+    normal_bars = [bar.get_height() for bar in bottom.patches[:10]]  # 10 bins; the abnormal bars follow
+    np.testing.assert_array_equal(normal_bars, np.histogram([0.2, 0.7, 0.1], bins=np.linspace(0, 1, 11))[0])
+    # confusion matrices, counted by hand: images 0.2 and 0.1 normal, 0.7 abnormal; studies a (mean
+    # 0.45) and b (0.1) both normal
+    image, study = plots.confusion_matrices(only_normal, 0.5).axes[:2]
+    np.testing.assert_array_equal(shown_counts(image), [[2, 1], [0, 0]])
+    np.testing.assert_array_equal(shown_counts(study), [[2, 0], [0, 0]])

@@ -39,9 +39,8 @@ def test_label_is_abnormal_strictly_above_the_threshold(threshold):
     (0.22, 0.2, ("abnormal", True, "uncertain, leans abnormal")),  # the band follows the threshold
 ])
 def test_verdict_flags_probabilities_near_the_threshold(p, threshold, expected):
-    from fracture.scores import UNCERTAIN_BAND, verdict
+    from fracture.scores import verdict
 
-    assert UNCERTAIN_BAND == 0.05
-    result = verdict(p, threshold)
+    result = verdict(p, threshold, band=0.05)
     assert (result.label, result.uncertain, result.text) == expected
     assert result.label == label(p, threshold)  # the same decision rule, only qualified

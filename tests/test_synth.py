@@ -151,7 +151,7 @@ def in_box_share_and_mean(seed, level):
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_fracture_is_local_to_its_box(level):
-    # Localization ground truth: the label changes pixels only where the box says (issue 13.6);
+    # Localization ground truth: the label changes pixels only where the box says;
     # the old whole-fragment shift left 74-85 % of the change outside the box.
     shares = [in_box_share_and_mean(seed, level)[0] for seed in range(40)]
     assert min(shares) >= 0.9, (level, np.argmin(shares), min(shares))

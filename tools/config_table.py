@@ -1,4 +1,5 @@
-"""Rewrite README.md's config-key table from fracture/config.py (tests/test_config.py checks they agree).
+"""Rewrite the config-key table of docs/config.md from fracture/config.py (tests/test_config.py
+checks they agree).
 
     .venv/bin/python tools/config_table.py
 """
@@ -8,10 +9,10 @@ from pathlib import Path
 
 from fracture.config import markdown_table
 
-readme = Path(__file__).resolve().parent.parent / "README.md"
-text = readme.read_text()
+page = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+text = page.read_text()
 table = re.compile(r"^\| key \| default \| meaning \|\n(?:^\|.*\n)+", re.MULTILINE)
 if not table.search(text):
-    raise SystemExit("README.md has no '| key | default | meaning |' table")
-readme.write_text(table.sub(lambda _: markdown_table(), text, count=1))
-print(f"rewrote the config table in {readme}")
+    raise SystemExit(f"{page} has no '| key | default | meaning |' table")
+page.write_text(table.sub(lambda _: markdown_table(), text, count=1))
+print(f"rewrote the config table in {page}")

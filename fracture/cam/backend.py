@@ -2,7 +2,7 @@
 
 Gradients with respect to an inner layer: `keras.Model([model.input, layer.output], logit)` turns
 the activation into an input while skip paths (DenseNet's concatenations) still come from the
-image; `keras.Model(model.input, layer.output)` gives the activation itself (STYLE.md).
+image; `keras.Model(model.input, layer.output)` gives the activation itself.
 `_backend_functions` holds the only backend-specific code.
 
 Lifetime of the compiled functions: a `CamEngine(model)` owns them. It builds a layer's two
@@ -65,7 +65,7 @@ def _backend_functions(activation_model, head):
             logit, _ = head.stateless_call(*head_vars, [x, a], training=False)
             return sign * jnp.sum(logit), logit
 
-        # Jitted over stateless_call: eager jax.grad through DenseNet121 took minutes (STYLE.md).
+        # Jitted over stateless_call: eager jax.grad through DenseNet121 took minutes.
         @jax.jit
         def grad_step(act_vars, head_vars, x, sign):
             a, _ = activation_model.stateless_call(*act_vars, x, training=False)

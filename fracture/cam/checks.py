@@ -1,4 +1,6 @@
-"""Checks a user can fail, each with a message that says what to do: the layer, the method, the
+"""Checks a user can fail (layer, method, target, image batch), each with a message that says what to do.
+
+Checks a user can fail, each with a message that says what to do: the layer, the method, the
 target and the image batch."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The `cam` verb: `python -m fracture cam` renders panels, with --evaluate scores the maps, and
+"""The `cam` verb: render panels, score the maps (--evaluate), check them (--sanity).
+
+The `cam` verb: `python -m fracture cam` renders panels, with --evaluate scores the maps, and
 with --sanity checks that they change when the weights are randomized."""
 
 from __future__ import annotations

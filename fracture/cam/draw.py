@@ -1,4 +1,6 @@
-"""Pictures of the maps: overlays on the original image, labelled channel grids, and one panel per
+"""Pictures of the maps: overlays, labelled channel grids and one panel per image, as PNG files.
+
+Pictures of the maps: overlays on the original image, labelled channel grids, and one panel per
 image (rows = layers, columns = methods, a shared colorbar, the true label, the prediction and the
 fracture box), written as PNG files (and handed to MLflow when the run is tracked).
 
@@ -22,6 +24,7 @@ from fracture.cam.checks import as_batch, check_methods, spatial_layer
 from fracture.cam.maps import cam_maps, normalize_maps
 from fracture.cam.metrics import boxes_by_path
 from fracture.errors import DataError, FractureError
+from fracture.plots import DPI, FONT_SIZE  # one resolution and type size for every figure the package saves
 from fracture.scores import ABNORMAL, NORMAL, UNCERTAIN_BAND, label, near_threshold, probability
 
 log = logging.getLogger(__name__)
@@ -29,8 +32,6 @@ log = logging.getLogger(__name__)
 COLORMAP = "jet"  # overlay colormap, any matplotlib name (`cam --colormap`; turbo and inferno print better)
 ALPHA = 0.4  # weight of the map over the X-ray in overlays (`cam --alpha`)
 SCALES = ("map", "shared")  # map: each map to its own [0, 1]; shared: one scale per method x layer over the images
-DPI = 150  # panels and feature grids; pass dpi=300 for print
-FONT_SIZE = 10  # points, for a panel about 7 in wide (two columns of a paper)
 
 
 def _colormap(name):
@@ -42,7 +43,7 @@ def _colormap(name):
         raise FractureError(f"unknown colormap '{name}'; use a matplotlib name such as jet, turbo, inferno") from None
 
 
-def overlay(gray, heatmap, colormap="jet", alpha=0.4) -> np.ndarray:
+def overlay(gray, heatmap, colormap=COLORMAP, alpha=ALPHA) -> np.ndarray:
     """RGB uint8 at gray's size: (1 - alpha) * gray + alpha * colormap(heatmap).
 
     gray: (H, W) or (H, W, 1) pixels 0..255; heatmap: values in [0, 1], any size (resized).

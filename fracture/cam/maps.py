@@ -1,4 +1,6 @@
-"""From a layer's activations and gradients to maps at the input resolution (pytorch-grad-cam's
+"""From a layer's activations and gradients to maps at the input resolution.
+
+From a layer's activations and gradients to maps at the input resolution (pytorch-grad-cam's
 `base_cam.py`): a method's raw map, then ReLU, bilinear upsampling and per-image [0, 1] scaling (a
 constant map gives zeros). The target is the single sigmoid unit's *logit* (the probability
 saturates, so its gradient vanishes on confident images); "normal" flips its sign."""

@@ -1,4 +1,6 @@
-"""The CAM methods as pure NumPy: each turns a layer's activations A and the gradients G of the
+"""The CAM methods as pure NumPy: a layer's activations and gradients in, one map per image out.
+
+The CAM methods as pure NumPy: each turns a layer's activations A and the gradients G of the
 target score with respect to them, both (B, h, w, C), into a map (B, h, w) before the ReLU.
 
     gradcam    sum_c mean_hw(G_c) A_c                    (Selvaraju et al. 2017)

@@ -1,4 +1,6 @@
-"""Proof that the maps mean something: localization against the synthetic data's fracture boxes
+"""Proof that the maps mean something: localization against fracture boxes, and faithfulness.
+
+Proof that the maps mean something: localization against the synthetic data's fracture boxes
 (pointing game, energy in box, each beside a random map and the box itself seen through the
 layer's grid) and faithfulness by deletion / insertion curves; see docs/cam.md."""
 

@@ -1,4 +1,6 @@
-"""CAM sanity checks (Adebayo et al. 2018, "Sanity Checks for Saliency Maps"): a map that explains
+"""CAM sanity checks (Adebayo et al. 2018): a map must change when the model's weights are randomized.
+
+CAM sanity checks (Adebayo et al. 2018, "Sanity Checks for Saliency Maps"): a map that explains
 the model must change when the model's weights are randomized. On a copy of the model the weights
 are re-drawn from each layer's own initializers, cascading from the top (the dense head) down to
 the first convolution; after each step every method's maps are compared with the trained model's.
