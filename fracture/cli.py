@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images for --evaluate and the default panels: test = MURA's valid folder, "
                         "val = the patient split carved from train")
     p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    p.add_argument("--steps", type=int, default=16,
+                   help="--evaluate: steps of the deletion/insertion curves; 0 = skip them (localization only, "
+                        "about a third of the time)")
     from fracture.cam import draw  # the panels' defaults live there (fracture is imported already)
 
     p.add_argument("--colormap", default=draw.COLORMAP, help="overlay colormap, a matplotlib name (turbo, inferno...)")

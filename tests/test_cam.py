@@ -550,3 +550,9 @@ def test_distractor_scores_on_hand_made_maps():
     assert energy[0] == pytest.approx(1.0) and energy[1] == pytest.approx(0.25) and np.isnan(energy[2])
     flat = np.ones((1, 10, 10), np.float32)  # a constant map peaks nowhere, even inside a box
     assert cam.distractor_peak(flat, [[(0, 0, 3, 3)]]).tolist() == [0.0]
+
+
+def test_steps_zero_scores_localization_only(run_copy):
+    table = cam.evaluate_localization(run_copy, ["gradcam"], ["relu"], limit=2, steps=0)
+    assert table[["deletion_auc", "insertion_auc"]].isna().all().all()
+    assert np.isfinite(table["pointing_game"]).all() and (table["n_images"] == 2).all()

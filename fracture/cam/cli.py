@@ -39,7 +39,8 @@ def cli_cam(args) -> None:
         _sanity(run, methods, layers, args)
         return
     if args.evaluate:
-        table = evaluate_localization(run, methods, layers, limit=args.limit, split=args.split)
+        table = evaluate_localization(run, methods, layers, limit=args.limit, split=args.split,
+                                      steps=getattr(args, "steps", 16))
         print(f"CAM localization and faithfulness, run {run.name}, "
               f"{table['n_images'].iloc[0]} positive {args.split} images")
         print("(pointing game and energy in box: higher is better; distractor peak (share of images whose map "

@@ -191,8 +191,10 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
     def score(method, layer, maps, redraw=None):
         """One table row; `redraw()` gives more maps to average pointing and energy over."""
         started = time.perf_counter()
-        deletion, insertion = [], []
-        for i in range(0, len(x), batch_size):
+        deletion, insertion = [np.full(len(x), np.nan, np.float32)], [np.full(len(x), np.nan, np.float32)]
+        if steps:  # steps=0: localization only, the faithfulness curves are left out (NaN)
+            deletion, insertion = [], []
+        for i in range(0, len(x) if steps else 0, batch_size):
             d, ins = deletion_insertion(run.model, x[i:i + batch_size], maps[i:i + batch_size], steps)
             deletion.append(d)
             insertion.append(ins)
