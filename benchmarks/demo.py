@@ -1,7 +1,8 @@
 """The demo's numbers as distributions: `make demo` once per seed, then mean, min and max.
 
     python benchmarks/demo.py --seeds 5            # seeds 1..5 (make demo's own seed is 1)
-    python benchmarks/demo.py --seeds 1,7,9        # these seeds
+    python benchmarks/demo.py --seeds 4,5          # these seeds, added to the table of the same recipe
+    python benchmarks/demo.py --from-log LOG       # the table from the per-seed lines of an earlier run's output
     python benchmarks/demo.py --check RUN_DIR      # one run against the documented range
 
 Each seed runs the real `make demo` (train, evaluate --split test, cam --evaluate, cam panels)
@@ -11,8 +12,9 @@ initialisation, the validation patients and the batch order, as another CPU's ro
 (docs/reproducibility.md). The venv and the synthetic data are made before the first seed and not
 timed per seed; their one-off time is printed.
 
-Writes benchmarks/results/demo-seeds.json and .md (the table README and docs quote), naming the
-CPU model and the versions. `--check` is what `make demo` ends with: it reads one run's
+Writes benchmarks/results/demo-seeds.json and .md (the table README and docs quote) after every
+seed, naming the CPU model and the versions. Seeds of the same recipe (configs/demo.yaml and the
+data arguments of `make data`) accumulate across invocations; a changed recipe starts a new table. `--check` is what `make demo` ends with: it reads one run's
 metrics.json and cam_eval.csv and says plainly which number falls outside the documented range
 or misses its target.
 """
@@ -20,7 +22,9 @@ or misses its target.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import os
 import platform
 import statistics
@@ -136,19 +140,53 @@ def markdown(result: dict) -> str:
         lines.append(f"| {label} | {fmt(key, s['mean'])} | {fmt(key, s['min'])} | {fmt(key, s['max'])} | {goal} | "
                      + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("A bold cell misses its target. Produced by `python benchmarks/demo.py --seeds "
-                 f"{','.join(map(str, seeds))}`; venv and data made once before the seeds "
-                 f"({result['setup_seconds']:.0f} s, not in the per-seed time).")
+    setup = (f"; venv and data made once before the seeds ({result['setup_seconds']:.0f} s, not in the per-seed "
+             "time)" if result.get("setup_seconds") else "")
+    lines.append(f"A bold cell misses its target. Produced by `python benchmarks/demo.py --seeds "
+                 f"{','.join(map(str, seeds))}` (recipe {result.get('recipe', '?')}){setup}.")
     return "\n".join(lines) + "\n"
 
 
-def run_seeds(seeds: list[int], runs_dir: Path) -> dict:
+def recipe() -> str:
+    """A fingerprint of what the demo trains: configs/demo.yaml and `make data`'s arguments."""
+    synth_args = re.search(r"^SYNTH_ARGS :=(.*)$", (ROOT / "Makefile").read_text(), re.M)
+    text = (ROOT / "configs" / "demo.yaml").read_text() + (synth_args.group(1) if synth_args else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def table(runs: list[dict], setup_seconds: float) -> dict:
+    runs = sorted(runs, key=lambda r: r["seed"])
+    return {"date": date.today().isoformat(), "recipe": recipe(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "versions": versions(), "setup_seconds": round(setup_seconds, 1), "runs": runs,
+            "summary": summarize(runs)}
+
+
+def earlier_runs(out: Path, seeds: list[int]) -> list[dict]:
+    """Runs of the same recipe already in `out` (other seeds than these), so tables accumulate."""
+    if not out.is_file():
+        return []
+    stored = json.loads(out.read_text())
+    if stored.get("recipe") != recipe():
+        print(f"{out} holds another recipe ({stored.get('recipe')}): starting a new table", flush=True)
+        return []
+    return [r for r in stored["runs"] if r["seed"] not in seeds]
+
+
+def write(result: dict, out: Path) -> None:
+    from fracture.fileio import atomic_write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
+
+
+def run_seeds(seeds: list[int], runs_dir: Path, out: Path) -> dict:
     started = time.perf_counter()
     subprocess.run(["make", "-C", str(ROOT), "data"], check=True)  # the venv too (make data needs it)
     setup = time.perf_counter() - started
     stamp = time.strftime("%Y%m%d-%H%M%S")
     store = Path(tempfile.mkdtemp(prefix="demo-seeds-mlflow-"))
-    runs = []
+    runs = earlier_runs(out, seeds)
     for seed in seeds:
         name = f"seeds-{stamp}-s{seed}"
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
@@ -163,8 +201,16 @@ def run_seeds(seeds: list[int], runs_dir: Path) -> dict:
         numbers = {"seed": seed, **run_numbers(runs_dir / name), "demo_seconds": round(seconds, 1)}
         runs.append(numbers)
         print(json.dumps({k: v for k, v in numbers.items() if k != "machine"}), flush=True)
-    return {"date": date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
-            "versions": versions(), "setup_seconds": round(setup, 1), "runs": runs, "summary": summarize(runs)}
+        write(table(runs, setup), out)  # after every seed: a long benchmark stopped early keeps its seeds
+    return table(runs, setup)
+
+
+def from_log(log_file: Path) -> list[dict]:
+    """The per-seed JSON lines that run_seeds printed, read back from its saved output."""
+    runs = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith('{"seed": ')]
+    if not runs:
+        raise SystemExit(f"{log_file} holds no per-seed lines of benchmarks/demo.py")
+    return runs
 
 
 def check(run_dir: Path, results: Path = RESULTS) -> list[str]:
@@ -205,6 +251,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", help="a count N (seeds 1..N) or a comma list of seeds")
     parser.add_argument("--check", metavar="RUN_DIR", help="compare one finished demo run with the documented range")
+    parser.add_argument("--from-log", metavar="LOG", help="build the table from the saved output of an earlier run")
     parser.add_argument("--runs-dir", default=str(ROOT / "saved_models"), help="where the seeds' run folders go")
     parser.add_argument("--out", default=str(RESULTS),
                         help="the JSON written (and a .md beside it); --check reads it")
@@ -212,14 +259,16 @@ def main() -> None:
     if args.check:
         print("\n".join(check(Path(args.check), Path(args.out))))
         return
-    if not args.seeds:
-        parser.error("give --seeds N or --check RUN_DIR")
-    seeds = list(range(1, int(args.seeds) + 1)) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
-    result = run_seeds(seeds, Path(args.runs_dir).resolve())
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+    if args.from_log:
+        runs = from_log(Path(args.from_log))
+        result = table(earlier_runs(out, [r["seed"] for r in runs]) + runs, 0.0)
+        write(result, out)
+    elif args.seeds:
+        seeds = list(range(1, int(args.seeds) + 1)) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
+        result = run_seeds(seeds, Path(args.runs_dir).resolve(), out)
+    else:
+        parser.error("give --seeds, --from-log or --check")
     print(markdown(result))
     print(f"written: {out} and {out.with_suffix('.md')}")
 

@@ -64,3 +64,19 @@ def test_check_without_a_documented_range_uses_the_targets(tmp_path):
     lines = demo.check(fake_run(tmp_path / "r", study_kappa=0.7), tmp_path / "missing.json")
     assert "no documented range yet" in lines[0]
     assert "MISSED" in next(line for line in lines if "test study kappa" in line)
+
+
+def test_tables_accumulate_per_recipe_and_come_back_from_a_log(tmp_path, monkeypatch):
+    out = tmp_path / "seeds.json"
+    monkeypatch.setattr(demo, "recipe", lambda: "recipe-a")
+    first = [{"seed": s, "val_auc": v, "demo_seconds": 900.0} for s, v in [(1, 0.97), (2, 0.99)]]
+    demo.write(demo.table(first, 0.0), out)
+    log = tmp_path / "log.txt"
+    log.write_text("make: noise\n" + json.dumps({"seed": 3, "val_auc": 0.95, "demo_seconds": 800.0}) + "\n")
+    merged = demo.table(demo.earlier_runs(out, [3]) + demo.from_log(log), 0.0)
+    assert [r["seed"] for r in merged["runs"]] == [1, 2, 3]
+    assert merged["summary"]["val_auc"]["min"] == 0.95 and merged["summary"]["val_auc"]["max"] == 0.99
+    assert [r["seed"] for r in demo.earlier_runs(out, [2])] == [1]  # a rerun seed replaces its old row
+    monkeypatch.setattr(demo, "recipe", lambda: "recipe-b")
+    assert demo.earlier_runs(out, [3]) == []  # another recipe starts a new table
+    assert "| validation AUC (image) | 0.980 | 0.970 | 0.990 | ≥ 0.950 |" in out.with_suffix(".md").read_text()
