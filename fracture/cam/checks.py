@@ -43,10 +43,12 @@ def _suggest(model, name, n=6):
 
 
 def check_methods(methods) -> list[str]:
+    """The method names, "all" expanded to every method (METHODS), in order and without repeats."""
     methods = [methods] if isinstance(methods, str) else list(methods)
+    methods = list(dict.fromkeys(n for m in methods for n in (METHODS if m == "all" else (m,))))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise FractureError(f"unknown CAM method {bad or methods}; choose from {', '.join(METHODS)}")
+        raise FractureError(f"unknown CAM method {bad or methods}; choose from {', '.join(METHODS)} (or all)")
     return methods
 
 
