@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from fracture.cam.methods import METHODS
+from fracture.cam.methods import INPUT_METHODS, METHODS
 from fracture.errors import FractureError
 
 TARGETS = {"fracture": 1.0, "normal": -1.0}  # sign applied to the logit
+PIXELS = "pixels"  # the layer name under which an input-space method's maps are reported
+
+
+def method_layers(methods, layers) -> list[tuple[str, str]]:
+    """(method, layer) pairs to compute: every layer for a layer method, one (method, PIXELS) for
+    an input-space method, which has no layer."""
+    return [(m, l) for m in methods for l in ([PIXELS] if m in INPUT_METHODS else layers)]
 
 
 def spatial_layer(model, name):
