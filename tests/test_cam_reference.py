@@ -163,11 +163,20 @@ def scaled(maps):
     return np.asarray(cam.normalize_maps(maps), np.float64)
 
 
-def assert_close(got, want, atol, what):
+def assert_close(got, want, atol, what, require_signal=True):
+    """Map by map; returns how many were compared. A blank reference (no positive evidence)
+    scales to zeros on both sides; all blank fails unless require_signal=False (the caller
+    then checks the total, e.g. over both targets: on JAX the early layer's "normal" maps are
+    all blank)."""
+    compared = 0
     for i, (g, r) in enumerate(zip(got, want)):
-        if r.max() > 0:  # a blank reference (no positive evidence) scales to zeros on both sides
+        if r.max() > 0:
             np.testing.assert_allclose(g, r / r.max(), atol=atol, err_msg=f"{what}, image {i}")
-    assert any(r.max() > 0 for r in want), f"{what}: the comparison was of blank maps only"
+            compared += 1
+        else:
+            assert g.max() == 0, f"{what}, image {i}: blank reference, non-blank map"
+    assert compared or not require_signal, f"{what}: the comparison was of blank maps only"
+    return compared
 
 
 def broken_xgradcam(a, g, eigen_smooth=False):
@@ -209,13 +218,16 @@ def test_a_broken_method_fails_the_library_comparison(twin, backend, method, bro
 @pytest.mark.parametrize("backend", [BACKEND])
 def test_layer_methods_equal_pytorch_grad_cam(twin, backend, method, layer, monkeypatch):
     model, torch_model, x, y = twin
+    compared = 0
     for target, sign in (("fracture", 1.0), ("normal", -1.0)):
         # Ablation-CAM divides by the score (pytorch-grad-cam) or its magnitude (ours): equal
         # where the target's score is positive, i.e. on the images of that class.
         images = x[y == (1 if sign > 0 else 0)] if method == "ablationcam" else x
         got = scaled(cam.layer_maps(model, images, layer, method, target))
         want = library_maps(torch_model, images, layer, method, sign, monkeypatch=monkeypatch)
-        assert_close(got, want, TOLERANCE.get(method, 2e-4), f"{method}/{layer}/{target}")
+        compared += assert_close(got, want, TOLERANCE.get(method, 2e-4), f"{method}/{layer}/{target}",
+                                 require_signal=False)
+    assert compared, f"{method}/{layer}: the comparison was of blank maps only"
 
 
 @pytest.mark.backend

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fracture.cam.methods import INPUT_METHODS, METHODS
+from fracture.cam.methods import DEFAULT_METHODS, INPUT_METHODS, METHODS
 from fracture.errors import FractureError
 
 TARGETS = {"fracture": 1.0, "normal": -1.0}  # sign applied to the logit
@@ -50,12 +50,14 @@ def _suggest(model, name, n=6):
 
 
 def check_methods(methods) -> list[str]:
-    """The method names, "all" expanded to every method (METHODS), in order and without repeats."""
+    """The method names, "all" expanded to every method (METHODS) and "default" to
+    DEFAULT_METHODS, in order and without repeats."""
     methods = [methods] if isinstance(methods, str) else list(methods)
-    methods = list(dict.fromkeys(n for m in methods for n in (METHODS if m == "all" else (m,))))
+    groups = {"all": METHODS, "default": DEFAULT_METHODS}
+    methods = list(dict.fromkeys(n for m in methods for n in groups.get(m, (m,))))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise FractureError(f"unknown CAM method {bad or methods}; choose from {', '.join(METHODS)} (or all)")
+        raise FractureError(f"unknown CAM method {bad or methods}; choose from {', '.join(METHODS)} (or all, default)")
     return methods
 
 
