@@ -156,7 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder (default: newest in saved_models/)")
     p.add_argument("--images", nargs="*", default=[], help="image files or folders (default: a few test images)")
     p.add_argument("--layers", default="relu", help="comma list of layer names")
-    p.add_argument("--methods", default="gradcam", help="comma list: gradcam,gradcampp,layercam,hirescam,scorecam")
+    from fracture.cam import methods as cam_methods, pixels  # names and defaults live there (fracture is imported already)
+
+    p.add_argument("--methods", default="default",
+                   help=f"comma list of {', '.join(cam_methods.METHODS)}; 'default' = "
+                        f"{','.join(cam_methods.DEFAULT_METHODS)}; 'all' = every method (one panel file per layer)")
+    p.add_argument("--eigen-smooth", action="store_true",
+                   help="layer maps: first principal component of the weighted activations instead of their sum")
+    p.add_argument("--aug-smooth", action="store_true",
+                   help="average the maps over a left-right flip x pixel intensity 0.9/1/1.1 (6 passes)")
+    p.add_argument("--ig-baseline", default=pixels.IG_BASELINE, choices=pixels.IG_BASELINES,
+                   help="baseline image of intgrad and fill of occlusion")
     p.add_argument("--target", default="fracture", choices=["fracture", "normal"], help="class the maps explain")
     p.add_argument("--out", default="layer_outputs", help="folder for layer_outputs/<run>/<image>/...")
     p.add_argument("--evaluate", action="store_true", help="pointing game, energy-in-box, deletion/insertion")

@@ -2,9 +2,14 @@
 
 Shaped like pytorch-grad-cam, one job per module:
 
-    methods.py   the methods as pure NumPy: (activations A, gradients G) -> map
-    backend.py   A and G per backend behind `CamEngine(model)`, which owns the compiled functions
-    maps.py      map pipeline: method, ReLU, upsampling, [0, 1] scaling; Score-CAM
+    methods.py   the methods as pure NumPy: (activations A, gradients G) -> map, and the
+                 input-space arithmetic (saliency, SmoothGrad, Integrated Gradients, occlusion)
+    backend.py   A and G per backend behind `CamEngine(model)`, which owns the compiled
+                 functions; also the gradients with respect to the input pixels
+    maps.py      map pipeline: method, ReLU, upsampling, [0, 1] scaling; Score-CAM, Ablation-CAM,
+                 eigen_smooth and aug_smooth
+    pixels.py    input-space maps: noise, baselines, occlusion windows
+    road.py      ROAD faithfulness (remove and debias by noisy linear imputation)
     checks.py    checks a user can fail (layer, method, target, image batch)
     draw.py      overlays, labelled feature grids, panels (layers x methods), PNG files (not
                  `render.py`: a module of that name would be shadowed here by the `render`
@@ -25,9 +30,19 @@ from fracture.cam.backend import (
     predict_logits,
     release_engine,
 )
-from fracture.cam.checks import TARGETS, as_batch, check_methods, spatial_layer, target_sign
+from fracture.cam.checks import (
+    PIXELS,
+    TARGETS,
+    as_batch,
+    check_methods,
+    method_layers,
+    spatial_layer,
+    target_sign,
+)
 from fracture.cam.cli import cli_cam
 from fracture.cam.maps import (
+    AUG_FACTORS,
+    AUG_FLIPS,
     SCORECAM_CHANNELS,
     cam_maps,
     layer_maps,
@@ -37,14 +52,26 @@ from fracture.cam.maps import (
     upsample,
 )
 from fracture.cam.methods import (
+    CLASS_AGNOSTIC,
+    DEFAULT_METHODS,
     GRADIENT_METHODS,
+    INPUT_METHODS,
+    LAYER_METHODS,
     METHODS,
+    ablation_weights,
+    eigencam,
+    eigengradcam,
+    first_component,
     gradcam,
+    gradcam_elementwise,
     gradcampp,
     hirescam,
     layercam,
     scorecam_weights,
+    xgradcam,
 )
+from fracture.cam.pixels import IG_BASELINE, IG_BASELINES, baseline_images, input_maps
+from fracture.cam.road import ROAD_COLUMNS, ROAD_PERCENTS, linear_imputation, removal_mask, road_scores
 from fracture.cam.metrics import (
     EVAL_COLUMNS,
     RANDOM_DRAWS,
@@ -84,10 +111,14 @@ from fracture.cam.draw import (
 
 __all__ = [
     "CHUNK", "GRADIENT_CHUNK", "CamEngine", "LayerPlumbing", "engine_for", "predict_logits", "release_engine",
-    "TARGETS", "as_batch", "check_methods", "spatial_layer", "target_sign", "cli_cam",
-    "SCORECAM_CHANNELS", "cam_maps", "layer_maps", "maps_and_logits", "normalize_maps", "scorecam_channels_of",
+    "PIXELS", "TARGETS", "as_batch", "check_methods", "method_layers", "spatial_layer", "target_sign", "cli_cam",
+    "AUG_FACTORS", "AUG_FLIPS", "SCORECAM_CHANNELS", "cam_maps", "layer_maps", "maps_and_logits", "normalize_maps", "scorecam_channels_of",
     "upsample",
-    "GRADIENT_METHODS", "METHODS", "gradcam", "gradcampp", "hirescam", "layercam", "scorecam_weights",
+    "CLASS_AGNOSTIC", "DEFAULT_METHODS", "GRADIENT_METHODS", "INPUT_METHODS", "LAYER_METHODS", "METHODS",
+    "ablation_weights", "eigencam", "eigengradcam", "first_component", "gradcam", "gradcam_elementwise",
+    "gradcampp", "hirescam", "layercam", "scorecam_weights", "xgradcam",
+    "IG_BASELINE", "IG_BASELINES", "baseline_images", "input_maps",
+    "ROAD_COLUMNS", "ROAD_PERCENTS", "linear_imputation", "removal_mask", "road_scores",
     "EVAL_COLUMNS", "RANDOM_DRAWS", "boxes_by_path", "deletion_insertion", "distractor_boxes_by_path",
     "distractor_energy", "distractor_peak", "energy_in_box",
     "evaluate_localization", "oracle_scores", "pointing_game", "scale_box",

@@ -106,17 +106,74 @@ def _backend_functions(activation_model, head):
             lambda x, sign: tuple(numpy(t) for t in gradients(np.asarray(x, np.float32), float(sign))))
 
 
+def _input_gradient_function(logit_model):
+    """gradients(x, sign) -> (d(sign * logit)/dx (B, H, W, 1), logits (B, 1)) as NumPy, for
+    float32 raw-pixel images: the input-space methods' one backend-specific step."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        signature = [tf.TensorSpec(logit_model.inputs[0].shape, tf.float32), tf.TensorSpec((), tf.float32)]
+
+        @tf.function(input_signature=signature)
+        def gradients(x, sign):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logit = logit_model(x, training=False)
+                score = sign * tf.reduce_sum(logit)
+            return tape.gradient(score, x), logit
+
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def score(x, sign, variables):
+            logit, _ = logit_model.stateless_call(*variables, x, training=False)
+            return sign * jnp.sum(logit), logit
+
+        step = jax.jit(jax.value_and_grad(score, has_aux=True))
+
+        def gradients(x, sign):
+            variables = ([v.value for v in logit_model.trainable_variables],
+                         [v.value for v in logit_model.non_trainable_variables])
+            (_, logit), grads = step(x, np.float32(sign), variables)
+            return grads, logit
+
+    elif backend == "torch":
+        import torch
+
+        def gradients(x, sign):
+            x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+            logit = logit_model(x, training=False)
+            (grads,) = torch.autograd.grad(sign * logit.sum(), x)
+            return grads, logit.detach()
+
+    else:
+        raise FractureError(f"CAMs support the tensorflow, jax and torch backends, not '{backend}'")
+
+    def numpy(t):
+        return np.asarray(keras.ops.convert_to_numpy(t), np.float32)
+
+    return lambda x, sign: tuple(numpy(t) for t in gradients(np.asarray(x, np.float32), float(sign)))
+
+
 def chunked(fn, x, chunk=CHUNK):
     """fn over x in chunks; when x needs several chunks the last is padded so every call has the
     same shape (one JAX compilation, one TensorFlow trace). fn may return a tuple of per-image
-    arrays; each is then concatenated on its own."""
+    arrays; each is then concatenated on its own. x may be a tuple of arrays of one length
+    (several model inputs): fn then gets a tuple of their chunks."""
+    several = isinstance(x, tuple)
+    arrays = x if several else (x,)
+    total = len(arrays[0])
     out = []
-    for start in range(0, len(x), chunk):
-        part = x[start:start + chunk]
-        n = len(part)
-        if n < chunk and len(x) > chunk:
-            part = np.concatenate([part, np.repeat(part[-1:], chunk - n, axis=0)])
-        result = fn(part)
+    for start in range(0, total, chunk):
+        parts = [a[start:start + chunk] for a in arrays]
+        n = len(parts[0])
+        if n < chunk and total > chunk:
+            parts = [np.concatenate([p, np.repeat(p[-1:], chunk - n, axis=0)]) for p in parts]
+        result = fn(tuple(parts) if several else parts[0])
         out.append([np.asarray(r, np.float32)[:n] for r in (result if isinstance(result, tuple) else (result,))])
     joined = tuple(np.concatenate(column) for column in zip(*out))
     return joined if isinstance(result, tuple) else joined[0]
@@ -157,6 +214,12 @@ class LayerPlumbing:
         logits (B, 1)). Unchunked: the caller bounds the batch (it holds every activation)."""
         return self._gradients(x, sign)
 
+    def head_logits(self, x, a) -> np.ndarray:
+        """Logits (B,) of the head given images and (possibly edited) activations of this layer:
+        Ablation-CAM's forward passes. The images still feed the skip paths around the layer."""
+        return chunked(lambda parts: self.head.predict_on_batch(list(parts)),
+                       (np.asarray(x, np.float32), np.asarray(a, np.float32))).reshape(-1)
+
 
 class CamEngine:
     """The CAM plumbing of one model: a `LayerPlumbing` per layer and the logit model, each built
@@ -169,6 +232,7 @@ class CamEngine:
         self._model = weakref.ref(model)
         self._layers: dict[str, LayerPlumbing] = {}
         self._logit_model = None
+        self._input_gradients = None
         self._lock = threading.Lock()
 
     @property
@@ -189,14 +253,29 @@ class CamEngine:
 
     def logits(self, images) -> np.ndarray:
         """Logits (B,) of raw-pixel images, inference mode (augmentation off)."""
+        logit_model = self._logits_model()
+        return chunked(logit_model.predict_on_batch, as_batch(self.model, images)).reshape(-1)
+
+    def _logits_model(self):
         import keras
 
         model = self.model
         with self._lock:
             if self._logit_model is None:
                 self._logit_model = keras.Model(model.inputs[0], logit_tensor(model))
-            logit_model = self._logit_model
-        return chunked(logit_model.predict_on_batch, as_batch(model, images)).reshape(-1)
+            return self._logit_model
+
+    def input_gradients(self, images, sign) -> tuple[np.ndarray, np.ndarray]:
+        """(d(sign * logit)/d(pixels) (B, H, W, 1), logits (B,)) of raw-pixel images, in chunks
+        of GRADIENT_CHUNK (a backward pass holds the whole network's activations of its batch)."""
+        x = as_batch(self.model, images)
+        logit_model = self._logits_model()
+        with self._lock:
+            if self._input_gradients is None:
+                self._input_gradients = _input_gradient_function(logit_model)
+            step = self._input_gradients
+        grads, logits = chunked(lambda part: step(part, sign), x, GRADIENT_CHUNK)
+        return grads, logits.reshape(-1)
 
     @property
     def cached_layers(self) -> list[str]:

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from fracture.cam.methods import METHODS
+from fracture.cam.methods import DEFAULT_METHODS, INPUT_METHODS, METHODS
 from fracture.errors import FractureError
 
 TARGETS = {"fracture": 1.0, "normal": -1.0}  # sign applied to the logit
+PIXELS = "pixels"  # the layer name under which an input-space method's maps are reported
+
+
+def method_layers(methods, layers) -> list[tuple[str, str]]:
+    """(method, layer) pairs to compute: every layer for a layer method, one (method, PIXELS) for
+    an input-space method, which has no layer."""
+    return [(m, l) for m in methods for l in ([PIXELS] if m in INPUT_METHODS else layers)]
 
 
 def spatial_layer(model, name):
@@ -45,10 +52,14 @@ def _suggest(model, name, n=6):
 
 
 def check_methods(methods) -> list[str]:
+    """The method names, "all" expanded to every method (METHODS) and "default" to
+    DEFAULT_METHODS, in order and without repeats."""
     methods = [methods] if isinstance(methods, str) else list(methods)
+    groups = {"all": METHODS, "default": DEFAULT_METHODS}
+    methods = list(dict.fromkeys(n for m in methods for n in groups.get(m, (m,))))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise FractureError(f"unknown CAM method {bad or methods}; choose from {', '.join(METHODS)}")
+        raise FractureError(f"unknown CAM method {bad or methods}; choose from {', '.join(METHODS)} (or all, default)")
     return methods
 
 

@@ -59,11 +59,14 @@ def cli_cam(args) -> None:
     if args.limit:
         paths = paths[:args.limit]
     written = render(run, paths, layers, methods, out_dir=args.out, target=args.target, colormap=args.colormap,
-                     alpha=args.alpha, scale=args.scale, dpi=args.dpi)
-    folders = sorted({str(p.parent) for p in written})
+                     alpha=args.alpha, scale=args.scale, dpi=args.dpi,
+                     eigen_smooth=getattr(args, "eigen_smooth", False), aug_smooth=getattr(args, "aug_smooth", False),
+                     ig_baseline=getattr(args, "ig_baseline", "blurred"))
+    folders = sorted({p.parent for p in written})
     print(f"{len(written)} files for {len(folders)} images (target: {args.target}):")
     for folder in folders:
-        print(f"  {folder}/panel.png")
+        for panel in sorted(p for p in written if p.parent == folder and p.name.startswith("panel")):
+            print(f"  {panel}")
 
 
 def _sanity(run, methods, layers, args) -> None:
@@ -78,6 +81,6 @@ def _sanity(run, methods, layers, args) -> None:
     with pd.option_context("display.width", 200):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for (method, layer), (rho, passed) in verdicts(table).items():
-        print(f"  {method:<9} {layer:<20} all randomized: spearman {rho:.3f} -> "
+        print(f"  {method:<19} {layer:<20} all randomized: spearman {rho:.3f} -> "
               f"{'passes' if passed else 'FAILS'} (needs < {PASS_BELOW})")
     print(f"written: {Path(run.path) / 'cam_sanity.csv'}, {Path(run.path) / 'plots' / 'cam_sanity.png'}")

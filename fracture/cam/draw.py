@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fracture.cam.backend import engine_for, predict_logits
-from fracture.cam.checks import as_batch, check_methods, spatial_layer
+from fracture.cam.checks import PIXELS, as_batch, check_methods, method_layers, spatial_layer
 from fracture.cam.maps import cam_maps, normalize_maps
 from fracture.cam.metrics import boxes_by_path
 from fracture.errors import DataError, FractureError
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 COLORMAP = "jet"  # overlay colormap, any matplotlib name (`cam --colormap`; turbo and inferno print better)
 ALPHA = 0.4  # weight of the map over the X-ray in overlays (`cam --alpha`)
 SCALES = ("map", "shared")  # map: each map to its own [0, 1]; shared: one scale per method x layer over the images
+PANEL_METHODS = 5  # more methods than this: one panel file per layer (and one for the pixel maps)
+PANEL_COLUMNS = 5  # tiles per row on those per-layer pages
 
 
 def _colormap(name):
@@ -190,13 +192,17 @@ def check_look(colormap, alpha, scale) -> None:
 
 
 def render(run, paths, layers, methods, out_dir="layer_outputs", target="fracture", colormap=COLORMAP,
-           alpha=ALPHA, scale="map", dpi=DPI) -> list[Path]:
+           alpha=ALPHA, scale="map", dpi=DPI, **options) -> list[Path]:
     """Overlays, feature grids and one panel per image in out_dir/<run.name>/<image-stem>/.
 
-    Files: `<method>__<layer>.png` (overlay on the original image at its own resolution),
-    `features__<layer>.png` (channel grid with channel indices) and `panel.png` (`cam_panel`).
-    `scale`: "map" or "shared" (module doc); colormap and alpha set the overlays' look. Returns
-    the written paths.
+    Files: `<method>__<layer>.png` (overlay on the original image at its own resolution; layer
+    "pixels" for an input-space method), `features__<layer>.png` (channel grid with channel
+    indices) and `panel.png` (`cam_panel`: rows = layers, plus a row "pixels" for input-space
+    methods). With more than PANEL_METHODS methods (`--methods all`) one grid would be too small
+    to read, so each layer gets `panel__<layer>.png` (its methods, PANEL_COLUMNS a row) and the
+    input-space methods `panel__pixels.png`. `scale`: "map" or "shared" (module doc); colormap
+    and alpha set the overlays' look. `options`: eigen_smooth, aug_smooth, ig_baseline for
+    `cam_maps`. Returns the written paths.
     """
     from fracture.data import resize
     from fracture.imageio import read_gray
@@ -218,7 +224,10 @@ def render(run, paths, layers, methods, out_dir="layer_outputs", target="fractur
         return []
     x = np.stack([resize(g, size) for _, g in originals])[..., None].astype(np.float32)
     probabilities = probability(predict_logits(model, x))
-    raw = {m: cam_maps(model, x, layers, m, target, normalize=False) for m in methods}
+    raw = {}
+    for method, layer in method_layers(methods, layers):  # an input-space method once, as "pixels"
+        found = cam_maps(model, x, layers[0] if layer == PIXELS else layer, method, target, normalize=False, **options)
+        raw.setdefault(method, {})[layer] = next(iter(found.values()))
     maps = scale_maps(raw, scale)
     boxes, labels = _known_boxes(run.config), true_labels(run.config)
     written = []
@@ -227,23 +236,41 @@ def render(run, paths, layers, methods, out_dir="layer_outputs", target="fractur
         stems[stem] = stems.get(stem, 0) + 1
         folder = Path(out_dir) / run.name / (stem if stems[stem] == 1 else f"{stem}-{stems[stem]}")
         folder.mkdir(parents=True, exist_ok=True)
+        for method, layer in method_layers(methods, layers):
+            picture = overlay(gray, maps[method][layer][i], colormap, alpha)
+            written.append(_write_png(folder / f"{method}__{layer}.png", picture))
         for layer in layers:
-            for method in methods:
-                picture = overlay(gray, maps[method][layer][i], colormap, alpha)
-                written.append(_write_png(folder / f"{method}__{layer}.png", picture))
             features = feature_figure(model, x[i], layer, title=stem)
             written.append(save_figure(features, folder / f"features__{layer}.png", dpi))
-        panel = cam_panel(gray, {m: {l: maps[m][l][i] for l in layers} for m in methods}, probabilities[i],
-                          run.threshold, true_label=_true_label(path, labels),
-                          box=boxes.get(str(path.resolve())), target=target, colormap=colormap, alpha=alpha,
-                          scale=scale, peaks={m: {l: float(raw[m][l][i].max()) for l in layers} for m in methods},
-                          title=stem, n_images=len(originals))
-        written.append(save_figure(panel, folder / "panel.png", dpi))
+        common = dict(true_label=_true_label(path, labels), box=boxes.get(str(path.resolve())), target=target,
+                      colormap=colormap, alpha=alpha, scale=scale, title=stem, n_images=len(originals))
+        for name, page in _pages(methods, layers):
+            panel = cam_panel(gray, {m: {l: maps[m][l][i] for l in page[m]} for m in page}, probabilities[i],
+                              run.threshold, peaks={m: {l: float(raw[m][l][i].max()) for l in page[m]} for m in page},
+                              columns=None if name == "panel" else PANEL_COLUMNS, **common)
+            written.append(save_figure(panel, folder / f"{name}.png", dpi))
         log.info("%s: p(fracture)=%.3f -> %s", path, probabilities[i], folder)
     # One folder per image: handed over as folders, they land in MLflow as cam/<image-stem>/...
     # (the file names repeat from image to image).
     _log_to_mlflow(run, sorted({p.parent for p in written}))
     return written
+
+
+def _pages(methods, layers) -> list[tuple[str, dict]]:
+    """[(file stem, {method: [rows]})]: one "panel" while the methods fit (PANEL_METHODS), else
+    one page per layer and one for the input-space methods."""
+    pairs = method_layers(methods, layers)
+    if len(methods) <= PANEL_METHODS:
+        page = {}
+        for method, layer in pairs:
+            page.setdefault(method, []).append(layer)
+        return [("panel", page)]
+    pages = []
+    for layer in [*layers, PIXELS]:
+        page = {m: [l] for m, l in pairs if l == layer}
+        if page:
+            pages.append((f"panel__{layer}", page))
+    return pages
 
 
 def _write_png(path: Path, rgb) -> Path:
@@ -268,15 +295,23 @@ def _verdict_line(probability, threshold, true_label):
     return line, colour
 
 
+PEAK_NOTE = ("peak: the map's largest value before scaling, in its method's own units (e.g. activation x "
+             "gradient of the logit); compare peaks within one method and layer only. "
+             "'map is 0': no positive evidence for the target.")
+
+
 def cam_panel(gray, maps, probability, threshold, *, true_label=None, box=None, target="fracture",
-              colormap=COLORMAP, alpha=ALPHA, scale="map", peaks=None, title="", n_images=1):
+              colormap=COLORMAP, alpha=ALPHA, scale="map", peaks=None, title="", n_images=1, columns=None):
     """One image's maps as a Figure: the original (with the true box, dashed, when known) on the
     left, then a grid with one row per layer and one column per method, one shared colorbar.
 
     gray: (H, W) uint8; maps: {method: {layer: (h, w) values in [0, 1]}} (any size, stretched over
-    the image); peaks: the same keys with each raw map's largest value (printed in the tile);
-    true_label: 1, 0 or None. The title names the truth, the prediction and its probability; a
-    probability within `scores.UNCERTAIN_BAND` (the web app's band too) of the threshold gets a visible note.
+    the image); a method may lack a layer (an input-space method has only "pixels"): that cell
+    stays empty. peaks: the same keys with each raw map's largest value (printed in the tile and
+    explained under the grid); true_label: 1, 0 or None. columns: lay the tiles out in rows of
+    this many instead (one page of many methods), each titled "method" and labelled with its
+    layer. The title names the truth, the prediction and its probability; a probability within
+    `scores.UNCERTAIN_BAND` (the web app's band too) of the threshold gets a visible note.
     """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -287,13 +322,23 @@ def cam_panel(gray, maps, probability, threshold, *, true_label=None, box=None, 
     gray = np.asarray(gray)
     gray = gray[..., 0] if gray.ndim == 3 else gray
     methods = list(maps)
-    layers = list(maps[methods[0]])
+    layers = list(dict.fromkeys(layer for m in methods for layer in maps[m]))
+    if columns is None:
+        cells = [(r, c, method, layer) for r, layer in enumerate(layers) for c, method in enumerate(methods)
+                 if layer in maps[method]]
+        n_rows, n_cols = len(layers), len(methods)
+    else:
+        tiles = [(method, layer) for method in methods for layer in maps[method]]
+        n_cols = min(columns, len(tiles))
+        n_rows = -(-len(tiles) // n_cols)
+        cells = [(k // n_cols, k % n_cols, method, layer) for k, (method, layer) in enumerate(tiles)]
     cmap = _colormap(colormap)
     h, w = gray.shape
     tile = 2.3  # inches per map: ~7 in wide for the original and 2 methods
     aspect = h / w
-    fig = new_figure(tile * (1 + len(methods)) + 0.9, tile * aspect * len(layers) + 1.3)
-    grid = fig.add_gridspec(len(layers), len(methods) + 1)
+    note = peaks is not None
+    fig = new_figure(tile * (1 + n_cols) + 0.9, tile * aspect * n_rows + 1.3 + 0.35 * note)
+    grid = fig.add_gridspec(n_rows, n_cols + 1)
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)  # maps of any size stretched over the image's pixels
 
     def add_box(ax, colour):
@@ -308,31 +353,35 @@ def cam_panel(gray, maps, probability, threshold, *, true_label=None, box=None, 
     ax.set_title("input" + ("\n(dashed: true fracture box)" if box is not None else ""), fontsize=FONT_SIZE - 1)
     ax.set_axis_off()
     map_axes = []
-    for r, layer in enumerate(layers):
-        for c, method in enumerate(methods):
-            ax = fig.add_subplot(grid[r, c + 1])
-            ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
-            ax.imshow(np.asarray(maps[method][layer], np.float32), cmap=cmap, vmin=0, vmax=1, alpha=alpha,
-                      extent=extent, interpolation="bilinear")
-            add_box(ax, "white")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(method, fontsize=FONT_SIZE)
-            if c == 0:
-                ax.set_ylabel(layer, fontsize=FONT_SIZE - 1)
-            if peaks is not None:  # the raw map's largest value: a 0 means no positive evidence at all
-                peak = peaks[method][layer]
-                ax.text(0.02, 0.02, f"peak {peak:.2g}" if peak > 0 else "map is 0: no positive evidence",
-                        transform=ax.transAxes, fontsize=FONT_SIZE - 3, color="black",
-                        bbox=dict(facecolor="white", alpha=0.7, edgecolor="none", pad=1))
-            map_axes.append(ax)
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=map_axes, shrink=0.7 if len(layers) > 1 else 0.9,
+    for r, c, method, layer in cells:
+        ax = fig.add_subplot(grid[r, c + 1])
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
+        ax.imshow(np.asarray(maps[method][layer], np.float32), cmap=cmap, vmin=0, vmax=1, alpha=alpha,
+                  extent=extent, interpolation="bilinear")
+        add_box(ax, "white")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        first_of_method = r == min(rr for rr, _, mm, _ in cells if mm == method)
+        if columns is not None or first_of_method:  # methods head their columns
+            ax.set_title(method, fontsize=FONT_SIZE)
+        if c == min(cc for rr, cc, _, _ in cells if rr == r):  # layers name the rows
+            ax.set_ylabel(layer, fontsize=FONT_SIZE - 1)
+        if peaks is not None:  # the raw map's largest value: a 0 means no positive evidence at all
+            peak = peaks[method][layer]
+            ax.text(0.02, 0.02, f"peak {peak:.2g}" if peak > 0 else "map is 0: no positive evidence",
+                    transform=ax.transAxes, fontsize=FONT_SIZE - 3, color="black",
+                    bbox=dict(facecolor="white", alpha=0.7, edgecolor="none", pad=1))
+        map_axes.append(ax)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=map_axes, shrink=0.7 if n_rows > 1 else 0.9,
                        pad=0.02)
     bar.set_label("each map to its own [min, max]" if scale == "map" else
                   f"map / its method x layer's max over {n_images} image{'s' * (n_images != 1)}",
                   fontsize=FONT_SIZE - 1)
     bar.ax.tick_params(labelsize=FONT_SIZE - 2)
+    if note:
+        import textwrap
+
+        fig.supxlabel("\n".join(textwrap.wrap(PEAK_NOTE, 30 * (1 + n_cols))), fontsize=FONT_SIZE - 3)
     line, colour = _verdict_line(probability, threshold, true_label)
     heading = f"{title}   (maps explain: {target})\n" if title else f"maps explain: {target}\n"
     if near_threshold(probability, threshold):

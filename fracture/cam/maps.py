@@ -11,7 +11,15 @@ import numpy as np
 
 from fracture.cam.backend import GRADIENT_CHUNK, chunked, engine_for, predict_logits
 from fracture.cam.checks import as_batch, check_methods, target_sign
-from fracture.cam.methods import GRADIENT_METHODS, scorecam_weights
+from fracture.cam.methods import (
+    ACTIVATION_METHODS,
+    GRADIENT_METHODS,
+    INPUT_METHODS,
+    ablation_weights,
+    collapse,
+    scorecam_weights,
+)
+from fracture.cam.pixels import IG_BASELINE, input_maps
 from fracture.errors import FractureError
 
 # Score-CAM scores only the channels of largest spatial standard deviation ("Faster Score-CAM"):
@@ -20,30 +28,89 @@ from fracture.errors import FractureError
 SCORECAM_CHANNELS = 64
 
 
+AUG_FLIPS = (False, True)  # aug_smooth: the image as is and mirrored left-right ...
+AUG_FACTORS = (0.9, 1.0, 1.1)  # ... times these pixel-intensity factors (pytorch-grad-cam's ttach set)
+
+
 def layer_maps(model, images, layer, method="gradcam", target="fracture", relu=True,
-               scorecam_channels=SCORECAM_CHANNELS) -> np.ndarray:
+               scorecam_channels=SCORECAM_CHANNELS, eigen_smooth=False, aug_smooth=False,
+               ig_baseline=IG_BASELINE) -> np.ndarray:
     """Raw maps (B, h, w) at the layer's own resolution, after the ReLU (relu=False: the signed
-    map before it, for the sanity checks' absolute-value variant), before upsampling."""
+    map before it, for the sanity checks' absolute-value variant), before upsampling. An
+    input-space method ignores `layer` and gives (B, H, W).
+
+    eigen_smooth: the first principal component of the weighted activations instead of their
+    channel sum (methods.py). aug_smooth: the mean over AUG_FLIPS x AUG_FACTORS versions of the
+    image, each map scaled to [0, 1] (relu) or by its largest magnitude and mirrored back, as
+    pytorch-grad-cam; times the versions' mean peak, so the shared panel scale still sees how
+    strong the evidence is."""
     x, sign = as_batch(model, images), target_sign(target)
     check_methods([method])
-    plumbing = engine_for(model).layer(layer)
-    if method == "scorecam":
-        maps = _scorecam(model, x, plumbing.activations(x), sign, scorecam_channels)
+    if aug_smooth:
+        return _augmented(lambda xa: layer_maps(model, xa, layer, method, target, relu, scorecam_channels,
+                                                eigen_smooth, ig_baseline=ig_baseline), x, relu)
+    if method in INPUT_METHODS:
+        maps = input_maps(model, x, method, sign, ig_baseline)
     else:
-        maps, _ = _gradient_maps_and_logits(plumbing, x, sign, method, relu)
+        plumbing = engine_for(model).layer(layer)
+        if method == "scorecam":
+            maps = _scorecam(model, x, plumbing.activations(x), sign, scorecam_channels)
+        elif method == "ablationcam":
+            maps = _ablationcam(plumbing, x, sign, eigen_smooth)
+        elif method in ACTIVATION_METHODS:
+            a = plumbing.activations(x)
+            maps = ACTIVATION_METHODS[method](a, None, eigen_smooth)
+        else:
+            maps, _ = _gradient_maps_and_logits(plumbing, x, sign, method, False, eigen_smooth)
     return (np.maximum(maps, 0) if relu else maps).astype(np.float32)
 
 
-def _gradient_maps_and_logits(plumbing, x, sign, method, relu=True):
+def _augmented(maps_of, x, relu):
+    total, peaks = 0.0, []
+    for flip in AUG_FLIPS:
+        for factor in AUG_FACTORS:
+            version = x[:, :, ::-1] if flip else x
+            m = maps_of(np.ascontiguousarray(version * np.float32(factor)))
+            peaks.append(np.abs(m).max(axis=(1, 2)))
+            if relu:
+                m = normalize_maps(m)
+            else:
+                m = m / np.maximum(np.abs(m).max(axis=(1, 2), keepdims=True), 1e-30)
+            total = total + (m[:, :, ::-1] if flip else m)
+    mean = total / (len(AUG_FLIPS) * len(AUG_FACTORS))
+    return (mean * np.mean(peaks, axis=0)[:, None, None]).astype(np.float32)
+
+
+def _gradient_maps_and_logits(plumbing, x, sign, method, relu=True, eigen_smooth=False):
     """Raw maps (B, h, w) after the ReLU (unless relu=False) and the logits (B,), from the same
     gradient steps; in chunks, because a backward pass holds every activation of its batch."""
 
     def step(part):
         a, g, logit = plumbing.gradients(part, sign)
-        maps = GRADIENT_METHODS[method](a, g)
+        maps = GRADIENT_METHODS[method](a, g, eigen_smooth)
         return (np.maximum(maps, 0) if relu else maps), logit.reshape(-1)
 
     return chunked(step, x, GRADIENT_CHUNK)
+
+
+def _ablationcam(plumbing, x, sign, eigen_smooth=False):
+    """Each channel of the layer set to zero in turn (pytorch-grad-cam's AblationLayer on a
+    layer after a ReLU), the head run on the edited activations, batched: C head passes per
+    image. Channel weights: `ablation_weights`."""
+    a = plumbing.activations(x)
+    scores = sign * plumbing.head_logits(x, a)
+    channels, group = a.shape[-1], 128  # edited copies held at once: bounds memory on wide layers
+    cams = []
+    for i in range(len(x)):
+        ablated = []
+        for start in range(0, channels, group):
+            index = np.arange(start, min(start + group, channels))
+            edited = np.repeat(a[i:i + 1], len(index), axis=0)
+            edited[np.arange(len(index)), :, :, index] = 0
+            ablated.append(sign * plumbing.head_logits(np.repeat(x[i:i + 1], len(index), axis=0), edited))
+        weights = ablation_weights(scores[i], np.concatenate(ablated))
+        cams.append(collapse(a[i:i + 1] * weights[None, None, None, :].astype(np.float32), eigen_smooth)[0])
+    return np.stack(cams)
 
 
 def maps_and_logits(model, images, layer, method="gradcam", target="fracture") -> tuple[np.ndarray, np.ndarray]:
@@ -109,20 +176,29 @@ def normalize_maps(maps, rtol=1e-5) -> np.ndarray:
 
 
 def cam_maps(model, images, layers, method="gradcam", target="fracture", normalize=True, average=False,
-             scorecam_channels=SCORECAM_CHANNELS) -> dict:
+             scorecam_channels=SCORECAM_CHANNELS, eigen_smooth=False, aug_smooth=False,
+             ig_baseline=IG_BASELINE) -> dict:
     """{layer: (B, H, W) float32} maps at the input resolution for raw-pixel images (B, H, W, 1).
 
     normalize=True scales each map to [0, 1]; False keeps the raw (non-negative) values. With
     average=True the key "average" holds the mean of the layers' [0, 1] maps (scaled first, so no
     layer wins by its magnitude), rescaled when normalize=True. `scorecam_channels`: how many
-    channels Score-CAM scores (0 = all; module constant SCORECAM_CHANNELS).
+    channels Score-CAM scores (0 = all; module constant SCORECAM_CHANNELS). eigen_smooth,
+    aug_smooth: see `layer_maps`. An input-space method (methods.INPUT_METHODS) has no layer: it
+    is computed once and the same maps stand under every layer's key. ig_baseline: the baseline
+    of Integrated Gradients and the fill of occlusion (pixels.IG_BASELINES).
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
     x = as_batch(model, images)
-    out = {}
+    out, pixel_maps = {}, None
     for name in layers:
-        maps = upsample(layer_maps(model, x, name, method, target, scorecam_channels=scorecam_channels),
-                        x.shape[1:3])
+        if method in INPUT_METHODS and pixel_maps is not None:
+            maps = pixel_maps
+        else:
+            maps = upsample(layer_maps(model, x, name, method, target, scorecam_channels=scorecam_channels,
+                                       eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, ig_baseline=ig_baseline),
+                            x.shape[1:3])
+            pixel_maps = maps if method in INPUT_METHODS else None
         out[name] = normalize_maps(maps) if normalize else maps
     if average:
         mean = np.mean([normalize_maps(out[name]) for name in layers], axis=0)

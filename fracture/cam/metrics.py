@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from fracture.cam.backend import predict_logits
-from fracture.cam.checks import as_batch, check_methods, spatial_layer, target_sign
+from fracture.cam.checks import PIXELS, as_batch, check_methods, spatial_layer, target_sign
 from fracture.cam.maps import cam_maps, normalize_maps, upsample
+from fracture.cam.methods import INPUT_METHODS
+from fracture.cam.road import ROAD_COLUMNS, ROAD_IMAGES, road_row, road_scores
 from fracture.errors import DataError, FractureError
 from fracture.fileio import atomic_path
 from fracture.scores import probability
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 EVAL_COLUMNS = ["method", "layer", "pointing_game", "energy_in_box", "distractor_peak", "distractor_energy",
                 "deletion_auc", "insertion_auc", "n_images", "n_with_distractor"]
+# ROAD (road.py) after the columns above: kept in its own module and its own columns.
+EVAL_COLUMNS = EVAL_COLUMNS + ROAD_COLUMNS
 RANDOM_DRAWS = 50  # random maps per image behind the random baseline's pointing game and energy
 
 
@@ -172,12 +176,15 @@ def _positives_with_boxes(run, limit=0, split="test"):
     return paths, np.stack(images)[..., None].astype(np.float32), np.asarray(scaled), distractors
 
 
-def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16, split="test"):
+def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16, split="test",
+                          road_images=ROAD_IMAGES):
     """Pointing game, energy in box and deletion/insertion AUCs per method and layer over the
     positive images of one split of a synthetic run (default test = MURA's `valid` folder, which
     played no part in training or picking the epoch), plus two random-map baselines: a random
     value per pixel (method=random_pixel, layer "-") and per cell of each layer's grid, upsampled
-    like that layer's maps (method=random_grid); written to <run>/cam_eval.csv."""
+    like that layer's maps (method=random_grid); written to <run>/cam_eval.csv. The ROAD columns
+    (road.py) come from the first `road_images` of those images (0 = all). An input-space
+    method has one row, layer "pixels"."""
     import pandas as pd
 
     methods = check_methods(methods)
@@ -206,6 +213,9 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
                    distractor_energy=float("nan"), deletion_auc=float(np.concatenate(deletion).mean()),
                    insertion_auc=float(np.concatenate(insertion).mean()), n_images=len(x),
                    n_with_distractor=sum(bool(len(d)) for d in distractors))
+        if steps:  # steps=0: localization only (make demo); ROAD is a faithfulness score too
+            road = slice(0, road_images or len(x))
+            row.update(road_row(*road_scores(run.model, x[road], maps[road])))
         if has_distractors:  # share of *all* positives whose map peaks on a marker/ruler/text
             row["distractor_peak"] = float(np.mean([distractor_peak(m, distractors).mean() for m in drawn]))
             row["distractor_energy"] = float(np.mean([np.nanmean(distractor_energy(m, distractors)) for m in drawn]))
@@ -220,7 +230,10 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
         started = time.perf_counter()
         maps = cam_maps(run.model, x, layers, method)  # chunked inside
         log.info("%s maps in %.0f s", method, time.perf_counter() - started)
-        rows += [score(method, layer, maps[layer]) for layer in layers]
+        if method in INPUT_METHODS:  # the same maps under every layer's key
+            rows.append(score(method, PIXELS, maps[layers[0]]))
+        else:
+            rows += [score(method, layer, maps[layer]) for layer in layers]
     rng = np.random.default_rng(0)
 
     def random_pixels():

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture.cam.checks import as_batch, check_methods, spatial_layer, target_sign
+from fracture.cam.checks import as_batch, check_methods, method_layers, spatial_layer, target_sign
 from fracture.cam.maps import layer_maps, normalize_maps, upsample
 from fracture.fileio import atomic_path
 
@@ -181,25 +181,25 @@ def cascade_scores(model, images, methods, layers, target="fracture", seed=0, ma
     x = as_batch(model, images)
     copy = copy_model(model)
     try:
-        original = {(m, l): map_fn(copy, x, l, m, target) for m in methods for l in layers}
-        maps = {("original", m, l): original[m, l][0] for m in methods for l in layers}
+        pairs = method_layers(methods, layers)  # an input-space method once, as layer "pixels"
+        original = {(m, l): map_fn(copy, x, l, m, target) for m, l in pairs}
+        maps = {("original", m, l): original[m, l][0] for m, l in pairs}
         rows = []
         for k, (step, randomized) in enumerate(cascade(copy), start=1):
             randomize(randomized, seed + k)
             lowest = min(randomized, key=copy.layers.index).name
-            for method in methods:
-                for layer in layers:
-                    drawn, absolute = map_fn(copy, x, layer, method, target)
-                    maps[step, method, layer] = drawn
-                    plain, strict = compare(original[method, layer][0], drawn), \
-                        compare(original[method, layer][1], absolute)
-                    kept = ~np.isnan(plain["spearman"])
-                    rows.append(dict(method=method, layer=layer, step=step, randomized_from=lowest,
-                                     spearman=_mean(plain["spearman"]), spearman_abs=_mean(strict["spearman"]),
-                                     ssim=_mean(plain["ssim"]), n_images=int(kept.sum()),
-                                     n_blank=int(sum(_blank(d) for d, k in zip(drawn, kept) if k))))
+            for method, layer in pairs:
+                drawn, absolute = map_fn(copy, x, layer, method, target)
+                maps[step, method, layer] = drawn
+                plain, strict = compare(original[method, layer][0], drawn), \
+                    compare(original[method, layer][1], absolute)
+                kept = ~np.isnan(plain["spearman"])
+                rows.append(dict(method=method, layer=layer, step=step, randomized_from=lowest,
+                                 spearman=_mean(plain["spearman"]), spearman_abs=_mean(strict["spearman"]),
+                                 ssim=_mean(plain["ssim"]), n_images=int(kept.sum()),
+                                 n_blank=int(sum(_blank(d) for d, k in zip(drawn, kept) if k))))
             log.info("randomized %s (from %s): %s", step, lowest, "  ".join(
-                f"{r['method']}/{r['layer']} {r['spearman']:.2f}" for r in rows[-len(methods) * len(layers):]))
+                f"{r['method']}/{r['layer']} {r['spearman']:.2f}" for r in rows[-len(pairs):]))
     finally:
         release_engine(copy)
     return pd.DataFrame(rows, columns=SANITY_COLUMNS), maps
@@ -224,7 +224,7 @@ def sanity_figure(images, maps, methods, layers, max_columns=8):
     from fracture.cam.draw import overlay
 
     steps = list(dict.fromkeys(step for step, _, _ in maps))
-    combos = [(m, l) for m in methods for l in layers]
+    combos = method_layers(methods, layers)
     per_combo = max(1, max_columns // len(combos))
     columns = [(i, m, l) for m, l in combos for i in range(min(per_combo, len(images)))][:max_columns]
     fig = Figure(figsize=(1.6 * len(columns) + 1.2, 1.6 * len(steps) + 0.6), layout="constrained")
