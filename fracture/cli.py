@@ -37,7 +37,7 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from fracture.evaluate import evaluate, format_table
+    from fracture.evaluate import evaluate, format_study_type_table, format_table
     from fracture.model import load_run
 
     run = load_run(args.run)
@@ -46,6 +46,10 @@ def cmd_evaluate(args):
     role = {"test": "final, held out: report it, do not choose by it", "val": "selection"}.get(args.split, "")
     print(f"{args.split} split{f' ({role})' if role else ''}, run {run.name}, threshold {scores['threshold']:.3f}:")
     print(format_table(scores))
+    by_type = format_study_type_table(scores)
+    if by_type:
+        print(f"\nby study type ({args.split} split), in the layout of the MURA paper's Table 2:")
+        print(by_type)
 
 
 def cmd_predict(args):

@@ -185,3 +185,36 @@ def test_cam_evaluate_scores_against_coco_boxes(trained_run, written, tmp_path):
     random_row = table[table["method"] == "random_pixel"].iloc[0]
     assert random_row["pointing_game"] == pytest.approx(np.mean(shares), abs=0.06)
     assert random_row["energy_in_box"] == pytest.approx(np.mean(shares), abs=0.03)
+
+
+def test_web_app_shows_the_boxes_of_a_dataset_file(trained_run, written, tmp_path):
+    """An upload whose bytes are a file of the run's dataset comes back with that file's boxes
+    (original pixels) and a transparent layer drawing them at display size; any other file without."""
+    import base64
+
+    from fracture.app import create_app
+    from fracture.cam.metrics import boxes_by_path
+    from fracture.model import Run, load_run
+
+    fmt, root = written
+    run = load_run(trained_run)
+    cfg = fr.load_config(overrides=dict(run.config.to_dict(), data_format=fmt, data_dir=str(root)))
+    client = create_app(Run(run.path, run.model, cfg, {}), warm_up=False).test_client()
+    path, boxes = next(iter(boxes_by_path(cfg).items()))
+    data_bytes = Path(path).read_bytes()
+
+    def post(content):
+        return client.post("/api/predict?cam=1", data={"file": (__import__("io").BytesIO(content), "x.png")},
+                           content_type="multipart/form-data").get_json()
+
+    answer = post(data_bytes)
+    assert answer["boxes"] == [list(b) for b in boxes]
+    layer = cv2.imdecode(np.frombuffer(base64.b64decode(answer["boxes_png"]), np.uint8), cv2.IMREAD_UNCHANGED)
+    h, w = cv2.imread(path, cv2.IMREAD_GRAYSCALE).shape
+    assert layer.shape == (h, w, 4)  # small images are shown at their own size
+    drawn = np.argwhere(layer[..., 3] > 0)
+    (x0, y0, x1, y1), = boxes
+    assert drawn[:, 1].min() == x0 and drawn[:, 0].min() == y0 and drawn[:, 1].max() == x1 - 1 \
+        and drawn[:, 0].max() == y1 - 1  # the outline sits on the box's edge pixels, nowhere else
+    other = cv2.imencode(".png", np.flipud(cv2.imread(path, cv2.IMREAD_GRAYSCALE)))[1].tobytes()
+    assert "boxes" not in post(other)
