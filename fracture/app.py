@@ -18,6 +18,7 @@ server's own arguments or environment.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import math
@@ -100,11 +101,48 @@ def png_base64(image: np.ndarray) -> str:
     import cv2
 
     if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise FractureError("could not encode the result image as PNG")
     return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def dataset_boxes(cfg) -> dict:
+    """{sha1 of an image file's bytes: [(x0, y0, x1, y1), ...]} for the run's data that has fracture
+    boxes (synthetic MURA, COCO, YOLO): an upload is recognised by its content, whatever its name."""
+    from fracture.cam.metrics import box_list, boxes_by_path
+
+    try:
+        boxes = boxes_by_path(cfg)
+    except (FractureError, OSError) as exc:
+        log.debug("no dataset boxes for the web app: %s", exc)
+        return {}
+    out = {}
+    for path, box in boxes.items():
+        try:
+            out[hashlib.sha1(Path(path).read_bytes()).hexdigest()] = box_list(box)
+        except OSError:
+            continue
+    log.info("%d images of the run's data have fracture boxes; uploads of them show their boxes", len(out))
+    return out
+
+
+def boxes_layer(shape, boxes, original_shape) -> np.ndarray:
+    """A transparent RGBA picture of `shape` (the displayed image's) with each box, scaled from
+    the original's pixels, drawn as a dashed lime outline (the CAM panels' colour)."""
+    h, w = shape[:2]
+    sy, sx = h / original_shape[0], w / original_shape[1]
+    layer = np.zeros((h, w, 4), np.uint8)
+    colour, dash = (50, 205, 50, 255), max(3, round(max(h, w) / 80))
+    for x0, y0, x1, y1 in boxes:
+        x0, x1 = int(x0 * sx), max(int(x0 * sx) + 1, min(w - 1, round(x1 * sx) - 1))
+        y0, y1 = int(y0 * sy), max(int(y0 * sy) + 1, min(h - 1, round(y1 * sy) - 1))
+        for start in range(x0, x1 + 1, 2 * dash):
+            layer[[y0, y1], start:min(start + dash, x1 + 1)] = colour
+        for start in range(y0, y1 + 1, 2 * dash):
+            layer[start:min(start + dash, y1 + 1), [x0, x1]] = colour
+    return layer
 
 
 def json_safe(value):
@@ -387,7 +425,17 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
             body["heatmap_png"] = png_base64(overlay(shown, heatmap, CAM_COLORMAP, 1.0))
         if want_image:
             body["image_png"] = png_base64(shown)
+        if want_cam or want_image:
+            boxes = known_boxes().get(hashlib.sha1(data).hexdigest())
+            if boxes:  # a file of the run's own dataset: its true fracture boxes, for comparison
+                body["boxes"] = [list(b) for b in boxes]
+                body["boxes_png"] = png_base64(boxes_layer(shown.shape, boxes, gray.shape))
         return body, probability
+
+    def known_boxes() -> dict:
+        if "boxes" not in app.config:  # on first use: hashing a dataset's files takes a moment
+            app.config["boxes"] = dataset_boxes(run.config)
+        return app.config["boxes"]
 
     def cam_request() -> tuple[bool, bool, str]:
         want_cam = request.args.get("cam", "").lower() in TRUE_WORDS

@@ -19,12 +19,13 @@ def _config(args):
 
 
 def cmd_synth(args):
-    from fracture.synth import generate
+    from fracture.synth_formats import generate_format
 
-    root = generate(args.out, patients=args.patients, seed=args.seed,
-                    study_types=tuple(args.study_types.split(",")), max_size=args.max_size,
-                    difficulty=args.difficulty)
-    print(f"synthetic MURA-format data: {root}")
+    root = generate_format(args.out, args.format, patients=args.patients, seed=args.seed,
+                           study_types=tuple(args.study_types.split(",")), max_size=args.max_size,
+                           difficulty=args.difficulty)
+    hint = "" if args.format == "mura" else f" (train with data_format={args.format} data_dir={root})"
+    print(f"synthetic {args.format.upper() if args.format == 'mura' else args.format}-format data: {root}{hint}")
 
 
 def cmd_train(args):
@@ -36,7 +37,7 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from fracture.evaluate import evaluate, format_table
+    from fracture.evaluate import evaluate, format_study_type_table, format_table
     from fracture.model import load_run
 
     run = load_run(args.run)
@@ -45,6 +46,10 @@ def cmd_evaluate(args):
     role = {"test": "final, held out: report it, do not choose by it", "val": "selection"}.get(args.split, "")
     print(f"{args.split} split{f' ({role})' if role else ''}, run {run.name}, threshold {scores['threshold']:.3f}:")
     print(format_table(scores))
+    by_type = format_study_type_table(scores)
+    if by_type:
+        print(f"\nby study type ({args.split} split), in the layout of the MURA paper's Table 2:")
+        print(by_type)
 
 
 def cmd_predict(args):
@@ -118,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     verbs.add_parser = add_parser
 
-    p = verbs.add_parser("synth", help="generate a synthetic MURA-format dataset")
-    p.add_argument("--out", default="data/synthetic", help="folder to write MURA-v1.1/ into")
+    p = verbs.add_parser("synth", help="generate a synthetic dataset (MURA, COCO or YOLO layout)")
+    p.add_argument("--out", default="data/synthetic",
+                   help="folder to write MURA-v1.1/ into (--format mura), or the COCO / YOLO set itself")
+    p.add_argument("--format", default="mura", choices=["mura", "coco", "yolo"],
+                   help="mura: MURA v1.1 tree + fracture_boxes.csv; coco: FracAtlas's layout (COCO JSON + "
+                        "dataset.csv); yolo: a Roboflow YOLO export (data.yaml, train/valid/test)")
     p.add_argument("--patients", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--study-types", default="XR_HUMERUS", help="comma list of XR_* types")

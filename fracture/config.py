@@ -40,7 +40,8 @@ ACTIVATIONS = ("celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoi
                "silu", "soft_shrink", "softplus", "softsign", "sparse_plus", "squareplus", "swish", "tanh",
                "tanh_shrink")
 POOLINGS = ("avg", "max")
-DATA_FORMATS = ("mura", "folders")
+DATA_FORMATS = ("mura", "folders", "coco", "yolo")
+FREEZE_BATCHNORM = ("auto", "true", "false")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # keras.mixed_precision dtype policy names
 JIT_COMPILE = ("auto", "true", "false")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker", "data_parallel")
@@ -55,9 +56,12 @@ class Config:
 
     # --- data -------------------------------------------------------------------------------
     data_dir: str = "data/MURA-v1.1"  # MURA v1.1 folder (or its parent), or a class-folder root
-    data_format: str = "mura"  # "mura" (MURA tree + CSVs) or "folders" (<root>/{train,val,test}/<class>/)
-    study_type: str = "XR_HUMERUS"  # one of the seven XR_* types, a comma list, or "all"
+    data_format: str = "mura"  # "mura" (MURA tree + CSVs), "folders" (<root>/{train,val,test}/<class>/), "coco" (FracAtlas) or "yolo" (Roboflow export); docs/data.md
+    study_type: str = "XR_HUMERUS"  # one of the seven XR_* types, a comma list, or "all" (data_format=mura)
     positive_class: str = "fractured"  # class-folder name that means "fracture" (data_format=folders)
+    fracture_classes: list[str] = field(default_factory=list)  # box classes that make an image abnormal (coco, yolo); empty = every class whose name contains "fracture"
+    group_column: str = ""  # dataset.csv column of patient ids to split by (coco, yolo); empty = patient_id, patient or subject_id if present, else each image alone
+    test_fraction: float = 0.2  # share of images (patients when known) held out for test when a coco/yolo dataset has no split of its own
     val_fraction: float = 0.2  # share of training *patients* held out for validation (as 1/n: 0.2 -> 1/5, 0.3 -> 1/3)
     folds: int = 5  # patient-level folds of `python -m fracture cv` (stratified by label)
     fold: int = -1  # validation fold of a cv run (0..folds-1); -1 = the val_fraction split
@@ -74,6 +78,7 @@ class Config:
     dropout: float = 0.3  # after each dense layer
     trainable_layers: int = 60  # unfreeze the top N backbone layers; -1 = all
     batchnorm_momentum: float = 0.99  # moving-statistics momentum of the trainable BatchNorm layers
+    freeze_batchnorm: str = "auto"  # "true": every BatchNorm layer stays in inference mode (its statistics and scale/offset fixed), even in the unfrozen top layers; "false": unfrozen BatchNorm layers train; "auto": true when weights is "imagenet" or a file, false for weights=none
     # --- augmentation (inside the model, active only in training) ---------------------------
     flip: bool = True  # random horizontal flip
     rotation: float = 30.0  # max rotation, degrees
@@ -199,7 +204,7 @@ def update(cfg: Config, overrides: dict) -> Config:
 # key -> the names it accepts; a value is matched case-insensitively and stored as spelled here
 NAMED = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "dense_activation": ACTIVATIONS, "pooling": POOLINGS,
          "data_format": DATA_FORMATS, "precision": PRECISIONS, "jit_compile": JIT_COMPILE,
-         "distribution": DISTRIBUTIONS}
+         "distribution": DISTRIBUTIONS, "freeze_batchnorm": FREEZE_BATCHNORM}
 
 
 def _canonical(key: str, value):
@@ -265,6 +270,7 @@ def validate(cfg: Config) -> None:
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (0.0 < cfg.val_fraction < 1.0, "val_fraction must be between 0 and 1"),
+        (0.0 < cfg.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
         (cfg.folds >= 2, "folds must be at least 2"),
         (-1 <= cfg.fold < cfg.folds, "fold must be -1 (the val_fraction split) or a fold in 0..folds-1"),
         (cfg.learning_rate > 0, "learning_rate must be positive"),

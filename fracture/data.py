@@ -1,4 +1,4 @@
-"""Image indexes (MURA tree, class folders), patient-level split, decode-once cache, batches.
+"""Image indexes (MURA tree, class folders, COCO and YOLO box datasets: fracture/boxdata.py), patient-level split, decode-once cache, batches.
 
 Every reader returns the same table: one row per image with columns
 path, label, patient, study, study_type, split. Labels are taken from the same loop that
@@ -215,10 +215,28 @@ def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int, fold: 
     return frame
 
 
+def split_test_by_patient(frame: pd.DataFrame, test_fraction: float, seed: int) -> pd.DataFrame:
+    """A dataset without a split of its own (split ''): fold 0 of round(1/test_fraction) patient
+    folds becomes 'test', the rest 'train' (stratified by label, no patient on both sides)."""
+    frame = frame.copy()
+    n_patients = frame["patient"].nunique()
+    if n_patients < 2:
+        raise DataError("need at least two patients (or images) to carve out a test split")
+    n_folds = min(n_patients, max(2, round(1 / test_fraction)))
+    frame["split"] = np.where(patient_folds(frame, n_folds, seed) == 0, "test", "train")
+    return frame
+
+
 def load_index(cfg) -> pd.DataFrame:
     """The image table for a config: read the source, then split train/val by patient."""
     if cfg.data_format == "folders":
         frame = index_folders(cfg.data_dir, cfg.positive_class)
+    elif cfg.data_format in ("coco", "yolo"):
+        from fracture.boxdata import index_boxes
+
+        frame, _ = index_boxes(cfg)
+        if (frame["split"] == "").any():
+            frame = split_test_by_patient(frame, cfg.test_fraction, cfg.seed)
     else:
         frame = index_mura(cfg.data_dir, cfg.study_type)
     return split_by_patient(frame, cfg.val_fraction, cfg.seed, cfg.fold, cfg.folds)

@@ -66,17 +66,25 @@ def study_level(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def score_frame(frame: pd.DataFrame, threshold: float, resamples: int = 0, seed: int = 0) -> dict:
+def score_frame(frame: pd.DataFrame, threshold: float, resamples: int = 0, seed: int = 0,
+                by_type: bool = True) -> dict:
     """Image- and study-level metrics for a table with label and probability columns (and study).
 
     Intervals (resamples > 0) resample patients at both levels, so the images and studies of one
-    patient move together; a table without patients resamples studies."""
+    patient move together; a table without patients resamples studies. A table holding several
+    study types (study_type=all, or a list) also gets `by_study_type`: the same two levels, every
+    metric with its interval, for each type alone (MURA's Table 2 is per type)."""
     studies = study_level(frame)
     unit = "patient" if "patient" in frame else "study"
-    return {"image": binary_metrics(frame["label"], frame["probability"], threshold, frame[unit], resamples, seed,
-                                    unit),
-            "study": binary_metrics(studies["label"], studies["probability"], threshold, studies[unit], resamples,
-                                    seed, unit)}
+    scores = {"image": binary_metrics(frame["label"], frame["probability"], threshold, frame[unit], resamples,
+                                      seed, unit),
+              "study": binary_metrics(studies["label"], studies["probability"], threshold, studies[unit],
+                                      resamples, seed, unit)}
+    types = sorted(t for t in frame["study_type"].unique() if t) if by_type and "study_type" in frame else []
+    if len(types) > 1:
+        scores["by_study_type"] = {t: score_frame(frame[frame["study_type"] == t], threshold, resamples, seed,
+                                                  by_type=False) for t in types}
+    return scores
 
 
 SUMMARY_KEYS = ("n", "accuracy", "sensitivity", "specificity", "auc", "kappa")
@@ -107,6 +115,44 @@ def format_table(scores: dict) -> str:
     notes = [f"{level}: {m['ci_note']}" for level, m in levels.items() if m.get("ci_note")]
     if any(m.get("ci_method") for m in levels.values()):
         notes.append(f"intervals: {next(m['ci_method'] for m in levels.values() if m.get('ci_method'))}")
+    return "\n".join([text, *notes])
+
+
+# The MURA paper's Table 2 (Rajpurkar et al. 2017, arXiv 1712.06957): the DenseNet-169 model's
+# study-level Cohen's kappa per study type, with its 95% CI: {type: (kappa, low, high)}. A figure is
+# entered here only once it has been checked against the paper's text; until then its cell reads
+# "see paper" and nothing is quoted from memory.
+PAPER_TABLE2: dict[str, tuple[float, float, float]] = {}
+PAPER_ROWS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
+
+
+def _kappa_cell(m: dict) -> str:
+    ci = m.get("kappa_ci")
+    return f"{m['kappa']:.3f} ({ci[0]:.3f}, {ci[1]:.3f})" if ci else f"{m['kappa']:.3f}"
+
+
+def format_study_type_table(scores: dict) -> str:
+    """`by_study_type` in the layout of the MURA paper's Table 2: one row per study type, in the
+    paper's order, then Overall; our study-level kappa with its 95% CI (the paper's statistic) and
+    the paper's model kappa beside it, plus our study count and AUC. '' when there is no breakdown."""
+    by_type = scores.get("by_study_type")
+    if not by_type:
+        return ""
+    order = [t for t in PAPER_ROWS if t in by_type] + sorted(t for t in by_type if t not in PAPER_ROWS)
+    rows = []
+    for name, m in [*((t, by_type[t]["study"]) for t in order), ("Overall", scores["study"])]:
+        paper = PAPER_TABLE2.get(name)
+        rows.append({"study type": name.removeprefix("XR_").capitalize() if name != "Overall" else name,
+                     "studies": str(int(m["n"])), "kappa (95% CI)": _kappa_cell(m),
+                     "AUC": "n/a" if np.isnan(m["auc"]) else f"{m['auc']:.3f}",
+                     "paper model kappa (95% CI)": (f"{paper[0]:.3f} ({paper[1]:.3f}, {paper[2]:.3f})" if paper
+                                                    else "see paper")})
+    text = pd.DataFrame(rows).to_string(index=False)
+    notes = ["study level (a study's probability is the mean of its images'), as the paper's Table 2;",
+             "paper: Rajpurkar et al. 2017, MURA, arXiv 1712.06957, Table 2 (DenseNet-169 on the 207-study "
+             "test set read by radiologists; ours is a different test set)"]
+    if not PAPER_TABLE2:
+        notes.append("the paper's figures are not printed: they could not be checked against the paper's text here")
     return "\n".join([text, *notes])
 
 

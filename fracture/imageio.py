@@ -16,6 +16,10 @@ What it does, in order:
 4. **Decode pixels**: OpenCV for what it reads natively (fast, any bit depth), Pillow for the rest
    (CMYK JPEG, odd modes). DICOM through pydicom: first frame only, the modality LUT
    (rescale slope/intercept) and the VOI LUT (window centre/width) applied, MONOCHROME1 inverted.
+   Compressed DICOM (JPEG Lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE) decodes through pydicom's
+   plugins (python-gdcm, pylibjpeg-openjpeg, pylibjpeg-rle: fracture/dicomcodecs.py); a lossless
+   file gives the same bytes as its uncompressed original. A syntax without an installed plugin is
+   an `ImageError` naming the syntax and the package that would decode it.
    The EXIF orientation tag is applied (OpenCV ignores it when it keeps the bit depth).
 5. **One bit-depth rule**: the image is converted to gray and contrast-stretched per image, so its
    darkest pixel becomes 0 and its brightest 255 (a constant image becomes all zeros):
@@ -41,7 +45,7 @@ from fracture.errors import ImageError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = Config.max_pixels  # header width x height (x frames) above this is refused
-DECODER_VERSION = 2  # part of the decode-cache key: bump whenever decoded pixels change
+DECODER_VERSION = 3  # part of the decode-cache key: bump whenever decoded pixels change
 NOT_AN_IMAGE = "not a readable image (PNG, JPEG, BMP, TIFF or DICOM expected)"
 PNG_END = b"\0\0\0\0IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC; the last 12 bytes of a PNG
 OPENCV_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM"}  # Pillow's format names OpenCV decodes
@@ -208,6 +212,8 @@ def _decode_dicom(data: bytes, max_pixels: int) -> tuple:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
+    from fracture.dicomcodecs import check_decodable
+
     try:
         ds = pydicom.dcmread(io.BytesIO(data))  # parses elements; PixelData stays raw bytes
         width, height = int(ds.Columns), int(ds.Rows)
@@ -215,6 +221,7 @@ def _decode_dicom(data: bytes, max_pixels: int) -> tuple:
     except Exception as exc:  # pydicom raises many types for a broken header
         raise ImageError(f"cannot read DICOM header: {exc}") from exc
     check_pixels(width, height, frames, max_pixels)
+    check_decodable(ds)  # a compressed syntax without its plugin: say which syntax and which package
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
     try:
         # index=0: only the first frame is decoded (a series' first frame is the radiograph)

@@ -291,6 +291,13 @@ def _build_model(cfg) -> keras.Model:
     backbone_layers = [layer for layer in backbone.layers
                        if layer.name not in PREPROCESS_LAYERS and not isinstance(layer, keras.layers.InputLayer)]
     set_trainable(backbone_layers, cfg.trainable_layers)
+    if freeze_batchnorm(cfg, weights):
+        # Keras's transfer-learning guide: fine-tuning with BatchNorm layers in training mode lets
+        # batches of 16 overwrite statistics learnt on millions of images, and the first updates
+        # wreck the pretrained features. A frozen BatchNorm runs in inference mode in Keras 3.
+        for layer in backbone_layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     for layer in backbone_layers:
         # Keras's 0.99 averages over ~100 steps: from scratch with a high learning rate the weights
         # move faster than that, the inference-mode statistics lag, and validation swings between
@@ -311,6 +318,15 @@ def _build_model(cfg) -> keras.Model:
     log.info("%s: %s trainable / %s frozen parameters (top %s backbone layers unfrozen)",
              model.name, f"{trainable:,}", f"{frozen:,}", "all" if cfg.trainable_layers < 0 else cfg.trainable_layers)
     return model
+
+
+def freeze_batchnorm(cfg, weights) -> bool:
+    """cfg.freeze_batchnorm resolved: "auto" is true exactly when the backbone starts from
+    pretrained weights (`weights`, the resolved file: ImageNet or a weights file; not None, which
+    is weights=none or a failed download with allow_random_weights)."""
+    if cfg.freeze_batchnorm == "auto":
+        return weights is not None
+    return cfg.freeze_batchnorm == "true"
 
 
 def set_trainable(layers, top_n: int) -> None:

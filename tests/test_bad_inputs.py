@@ -21,8 +21,8 @@ from PIL import Image
 from fracture import data
 from fracture.cli import main
 from fracture.errors import ImageError
-from fracture.imageio import decode_gray
-from tests.images import dicom_bytes, png_claiming
+from fracture.imageio import DEFAULT_MAX_PIXELS, decode_gray
+from tests.images import dicom_bytes, dicom_in_syntax, dicom_labelled, png_claiming
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,6 +71,7 @@ UNREADABLE = {  # file name -> words the reason must contain
     "bomb_just_over_limit.png": "too many pixels",
     "bomb_frames.dcm": "too many pixels",
     "broken.dcm": "DICOM",
+    "mpeg4_video.dcm": "1.2.840.10008.1.2.4.102",  # a syntax no plugin decodes: named in the reason
     "no_suffix_junk": "not a readable image",
 }
 
@@ -118,6 +119,10 @@ def corpus(tmp_path_factory):
         add(f"mono1{suffix}", dicom_bytes(STORED, "MONOCHROME1"), by_hand(STORED.max() - STORED.astype(np.int64)))
     add("window.dcm", dicom_bytes(STORED, RescaleSlope=SLOPE, RescaleIntercept=INTERCEPT,
                                   WindowCenter=CENTER, WindowWidth=WIDTH), windowed_by_hand(STORED), 1)
+    # Compressed as PACS exports store it (lossless: the same bytes as the uncompressed mono2)
+    for syntax, name in [("1.2.840.10008.1.2.4.57", "jpeg_lossless_p14"), ("1.2.840.10008.1.2.4.70", "jpeg_lossless_sv1"),
+                         ("1.2.840.10008.1.2.4.80", "jpeg_ls"), ("1.2.840.10008.1.2.5", "rle")]:
+        add(f"mono2_{name}.dcm", dicom_in_syntax(dicom_bytes(STORED), syntax), by_hand(STORED))
 
     png, jpg = cv2.imencode(".png", PICTURE)[1].tobytes(), cv2.imencode(".jpg", PICTURE)[1].tobytes()
     add("text.png", b"patient notes, not an X-ray\n" * 20)
@@ -129,8 +134,9 @@ def corpus(tmp_path_factory):
     add("bomb_just_over_limit.png", png_claiming(6325, 6325))  # 40,005,625 pixels
     add("bomb_frames.dcm", dicom_bytes(np.zeros((2, 2)), rows=2000, frames=20))  # 80 MP in 20 frames
     add("broken.dcm", dicom_bytes(STORED)[:300])
+    add("mpeg4_video.dcm", dicom_labelled(dicom_bytes(STORED), "1.2.840.10008.1.2.4.102"))
     add("no_suffix_junk", bytes(range(256)) * 4)
-    assert len(files) >= 28
+    assert len(files) >= 33
     return files
 
 
@@ -150,7 +156,7 @@ def test_pixels_match_independent_expectations(corpus):
         assert gray.dtype == np.uint8 and gray.shape == expected.shape, name
         assert np.abs(gray.astype(int) - expected).max() <= tolerance, name
         checked += 1
-    assert checked == 13
+    assert checked == 17
 
 
 def test_8_and_16_bit_give_identical_bytes(corpus):

@@ -22,7 +22,7 @@ import numpy as np
 from fracture.cam.backend import engine_for, predict_logits
 from fracture.cam.checks import PIXELS, as_batch, check_methods, method_layers, spatial_layer
 from fracture.cam.maps import cam_maps, normalize_maps
-from fracture.cam.metrics import boxes_by_path
+from fracture.cam.metrics import box_list, boxes_by_path
 from fracture.errors import DataError, FractureError
 from fracture.plots import DPI, FONT_SIZE  # one resolution and type size for every figure the package saves
 from fracture.scores import ABNORMAL, NORMAL, UNCERTAIN_BAND, label, near_threshold, probability
@@ -342,8 +342,7 @@ def cam_panel(gray, maps, probability, threshold, *, true_label=None, box=None, 
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)  # maps of any size stretched over the image's pixels
 
     def add_box(ax, colour):
-        if box is not None:
-            x0, y0, x1, y1 = box
+        for x0, y0, x1, y1 in (box_list(box) if box is not None else []):
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
                                    linewidth=1.2, linestyle="--"))
 

@@ -31,36 +31,50 @@ EVAL_COLUMNS = EVAL_COLUMNS + ROAD_COLUMNS
 RANDOM_DRAWS = 50  # random maps per image behind the random baseline's pointing game and energy
 
 
+def box_list(box) -> list[tuple[int, int, int, int]]:
+    """One image's ground truth as a list of boxes: a single (x0, y0, x1, y1) or a list of them
+    (a COCO / YOLO image may carry several fractures)."""
+    if len(box) == 4 and all(np.ndim(v) == 0 for v in box):
+        return [tuple(int(v) for v in box)]
+    return [tuple(int(v) for v in b) for b in box]
+
+
+def box_mask(box, shape) -> np.ndarray:
+    """Boolean (H, W) mask of the union of an image's boxes."""
+    mask = np.zeros(shape, bool)
+    for x0, y0, x1, y1 in box_list(box):
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
 def pointing_game(maps, boxes) -> np.ndarray:
-    """1 where a map's maximum (first one on ties) lies in its box (x0, y0, x1, y1; x1/y1 exclusive).
+    """1 where a map's maximum (first one on ties) lies in its box, or in any of its boxes
+    (x0, y0, x1, y1; x1/y1 exclusive).
 
     A constant map (all zeros: what the ReLU leaves of a map with no positive evidence) points
     nowhere and counts as a miss; argmax alone would call it pixel (0, 0), a hit for any box there.
     """
-    flat = np.asarray(maps).reshape(len(maps), -1)
-    ys, xs = np.unravel_index(flat.argmax(axis=1), np.asarray(maps).shape[1:])
-    b = np.asarray(boxes)
-    inside = (b[:, 0] <= xs) & (xs < b[:, 2]) & (b[:, 1] <= ys) & (ys < b[:, 3])
+    maps = np.asarray(maps)
+    flat = maps.reshape(len(maps), -1)
+    ys, xs = np.unravel_index(flat.argmax(axis=1), maps.shape[1:])
+    inside = np.array([any(x0 <= x < x1 and y0 <= y < y1 for x0, y0, x1, y1 in box_list(b))
+                       for b, x, y in zip(boxes, xs, ys)], bool)
     return (inside & (flat.max(axis=1) > flat.min(axis=1))).astype(np.float32)
 
 
 def energy_in_box(maps, boxes) -> np.ndarray:
-    """Share of each map's total inside its box (0 for an all-zero map)."""
+    """Share of each map's total inside its box (the union of its boxes); 0 for an all-zero map."""
     out = []
-    for m, (x0, y0, x1, y1) in zip(np.asarray(maps, np.float64), boxes):
+    for m, box in zip(np.asarray(maps, np.float64), boxes):
         total = m.sum()
-        out.append(m[y0:y1, x0:x1].sum() / total if total > 0 else 0.0)
+        out.append(m[box_mask(box, m.shape)].sum() / total if total > 0 else 0.0)
     return np.asarray(out, np.float32)
 
 
 def distractor_peak(maps, box_lists) -> np.ndarray:
     """1 where a map's maximum lies in any of its image's distractor boxes (side markers, rulers,
     text), 0 elsewhere and for an image without any; an all-constant map peaks nowhere."""
-    out = np.zeros(len(maps), np.float32)
-    for i, boxes in enumerate(box_lists):
-        for box in boxes:  # one hit is enough: the peak is one pixel
-            out[i] = max(out[i], pointing_game(maps[i:i + 1], [box])[0])
-    return out
+    return pointing_game(maps, box_lists)
 
 
 def distractor_energy(maps, box_lists) -> np.ndarray:
@@ -68,13 +82,9 @@ def distractor_energy(maps, box_lists) -> np.ndarray:
     image without any, so the mean is over the images that have one)."""
     out = np.full(len(maps), np.nan, np.float32)
     for i, (m, boxes) in enumerate(zip(np.asarray(maps, np.float64), box_lists)):
-        if not len(boxes):
-            continue
-        inside = np.zeros(m.shape, bool)
-        for x0, y0, x1, y1 in boxes:
-            inside[y0:y1, x0:x1] = True
-        total = m.sum()
-        out[i] = m[inside].sum() / total if total > 0 else 0.0
+        if len(boxes):
+            total = m.sum()
+            out[i] = m[box_mask(boxes, m.shape)].sum() / total if total > 0 else 0.0
     return out
 
 
@@ -87,9 +97,8 @@ def oracle_scores(boxes, size, grid) -> tuple[float, float]:
 
     h, w = grid
     low = []
-    for x0, y0, x1, y1 in boxes:
-        mask = np.zeros((size, size), np.float32)
-        mask[y0:y1, x0:x1] = 1
+    for box in boxes:
+        mask = box_mask(box, (size, size)).astype(np.float32)
         low.append(cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA))
     maps = normalize_maps(upsample(np.stack(low), (size, size)))
     return float(pointing_game(maps, boxes).mean()), float(energy_in_box(maps, boxes).mean())
@@ -142,8 +151,9 @@ def deletion_insertion(model, images, maps, steps=16, target="fracture", blur=0.
 
 
 def _positives_with_boxes(run, limit=0, split="test"):
-    """Positive images of one split of the run's synthetic data: (paths, images at model size,
-    boxes, distractor box lists), every box scaled to the model's input."""
+    """Positive images of one split of the run's box-annotated data (synthetic MURA, COCO, YOLO):
+    (paths, images at model size, each image's boxes at model size, each image's distractor
+    boxes at model size: side markers, rulers, text; empty lists where the dataset has none)."""
     from fracture.data import load_index, resize
     from fracture.imageio import read_gray
 
@@ -151,8 +161,9 @@ def _positives_with_boxes(run, limit=0, split="test"):
     try:
         box_of = boxes_by_path(cfg)
     except DataError as exc:
-        raise FractureError(f"--evaluate needs fracture boxes, which only synthetic data has (python -m "
-                            f"fracture synth); run {run.name} uses data_dir={cfg.data_dir}: {exc}") from None
+        raise FractureError(f"--evaluate needs fracture boxes: synthetic data (python -m fracture synth) or a "
+                            f"box-annotated dataset (data_format=coco or yolo); run {run.name} uses "
+                            f"data_dir={cfg.data_dir}: {exc}") from None
     frame = load_index(cfg)
     paths = [p for p in frame.loc[(frame["split"] == split) & (frame["label"] == 1), "path"]]
     missing = [p for p in paths if str(Path(p).resolve()) not in box_of]
@@ -171,9 +182,9 @@ def _positives_with_boxes(run, limit=0, split="test"):
         gray = read_gray(p, cfg.max_pixels)
         images.append(resize(gray, size))
         key = str(Path(p).resolve())
-        scaled.append(scale_box(box_of[key], gray.shape, size))
+        scaled.append([scale_box(b, gray.shape, size) for b in box_list(box_of[key])])
         distractors.append([scale_box(b, gray.shape, size) for b in distractors_of.get(key, [])])
-    return paths, np.stack(images)[..., None].astype(np.float32), np.asarray(scaled), distractors
+    return paths, np.stack(images)[..., None].astype(np.float32), scaled, distractors
 
 
 def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16, split="test",
@@ -283,13 +294,18 @@ def distractor_boxes_by_path(cfg) -> dict:
 
 
 def boxes_by_path(cfg) -> dict:
-    """{resolved image path: (x0, y0, x1, y1)} from the run's synthetic fracture_boxes.csv;
+    """{resolved image path: box or list of boxes (x0, y0, x1, y1)}: the synthetic tree's
+    fracture_boxes.csv (data_format=mura) or a COCO / YOLO dataset's fracture-class boxes;
     DataError when the data has none (real MURA, class folders)."""
+    if cfg.data_format in ("coco", "yolo"):
+        from fracture.boxdata import index_boxes
+
+        return {str(Path(p).resolve()): b for p, b in index_boxes(cfg)[1].items()}
+    if cfg.data_format != "mura":
+        raise DataError(f"data_format={cfg.data_format} has no boxes")
     from fracture.data import find_mura_root
     from fracture.synth import load_boxes
 
     boxes = load_boxes(find_mura_root(cfg.data_dir))
     return {str(Path(p).resolve()): (x0, y0, x1, y1)
             for p, x0, y0, x1, y1 in boxes[["path", "x0", "y0", "x1", "y1"]].itertuples(index=False)}
-
-

@@ -169,10 +169,14 @@ function showOverlay(result) {
     $("no-overlay").hidden = true;
     const name = answer.layer;
     const words = (info && info.cam_layer_labels && info.cam_layer_labels[name]) || name;
-    $("overlay-caption").textContent = `Grad-CAM overlay · ${words} · layer ${name}`;
+    // A file of the run's own dataset comes back with its true fracture boxes (dashed green).
+    $("boxes").hidden = !result.boxes_png;
+    if (result.boxes_png) $("boxes").src = "data:image/png;base64," + result.boxes_png;
+    const truth = result.boxes_png ? " · dashed green: the dataset's fracture box" : "";
+    $("overlay-caption").textContent = `Grad-CAM overlay · ${words} · layer ${name}${truth}`;
     return;
   }
-  base.hidden = overlay.hidden = true;
+  base.hidden = overlay.hidden = $("boxes").hidden = true;
   $("no-overlay").hidden = false;
   $("overlay-caption").textContent = "Grad-CAM overlay";
   if (!answer) $("no-overlay").textContent = "The Grad-CAM overlay appears here after Predict";
