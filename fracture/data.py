@@ -1,4 +1,4 @@
-"""Image indexes (MURA tree, class folders, COCO and YOLO box datasets: fracture/boxdata.py), patient-level split, decode-once cache, batches.
+"""Image indexes (MURA tree, class folders; COCO and YOLO via boxdata.py), patient split, decode cache, batches.
 
 Every reader returns the same table: one row per image with columns
 path, label, patient, study, study_type, split. Labels are taken from the same loop that

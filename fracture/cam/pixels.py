@@ -1,4 +1,6 @@
-"""Input-space maps: where in the *pixels* the evidence lies, at the input resolution and with no
+"""Input-space maps (saliency, SmoothGrad, Integrated Gradients, occlusion): evidence per pixel.
+
+They show where in the *pixels* the evidence lies, at the input resolution and with no
 layer (the layer argument of `cam_maps` does not apply to them). Gradients come from
 `CamEngine.input_gradients`, scores of perturbed images from `predict_logits`, both batched; the
 arithmetic is in `methods.py`.

@@ -1,4 +1,6 @@
-"""ROAD, RemOve And Debias (Rong et al. 2022): a faithfulness measure that removes pixels ranked
+"""ROAD faithfulness (remove and debias): remove the pixels a map ranks highest, then re-score.
+
+ROAD, RemOve And Debias (Rong et al. 2022), removes pixels ranked
 by a map and fills them by *noisy linear imputation*, so the filled region carries no trace of
 the removal's shape (a blur or black fill leaks the mask's outline, which the model can read).
 
