@@ -30,7 +30,9 @@ import pytest
 
 from fracture import cam
 from fracture.cam import methods, pixels
-from tests.test_cam import BACKEND, SIZE, planted  # noqa: F401 (fixture)
+from tests.conftest import SIZE
+
+BACKEND = keras.backend.backend()  # in every backend test's id, so the output shows which ran
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("captum")

@@ -7,7 +7,7 @@ import pytest
 
 from fracture import cam
 from fracture.cam import road
-from tests.test_cam import planted, positives, run_copy  # noqa: F401 (fixtures)
+from tests.conftest import positives
 from tests.test_cam_reference import grad_cam_library
 
 
