@@ -45,7 +45,7 @@ def test_predict_missing_file_is_a_clear_error(trained_run, capsys):
 
 
 def test_evaluate_prints_image_and_study_rows(trained_run, capsys):
-    assert main(["evaluate", "--run", str(trained_run)]) == 0
+    assert main(["evaluate", "--run", str(trained_run), "--split", "test"]) == 0
     captured = capsys.readouterr()
     out = captured.out
     assert "test split (final, held out" in out and "run tiny, threshold 0.500" in out
