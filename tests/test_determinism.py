@@ -24,7 +24,7 @@ def train(synth_root, tmp_path, name: str, *extra) -> Path:
     result = subprocess.run(
         [sys.executable, "-m", "fracture", "-q", "train", f"data_dir={synth_root}", f"runs_dir={runs}",
          f"cache_dir={tmp_path / 'cache'}", f"run_name={name}", *TINY_RUN, *extra],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+        capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     return runs / name
 
