@@ -170,7 +170,7 @@ def main() -> None:
             cfg = config.load(overrides=dict(backbone=args.backbone, weights="none", image_size=args.image_size,
                                              batch_size=batch,
                                              trainable_layers=trainable, precision=precision, jit_compile=jit,
-                                             mlflow=False))
+                                             mlflow=False), frozen_random_backbone=True)  # timing only
             pipeline, xla = keras_rate(cfg, images, labels, kind, args.repeats)
             arrays, _ = keras_rate(cfg, in_memory, labels, kind, args.repeats)
             rows.append(dict(precision=precision, jit_compile=jit, xla_used=xla, workload=name, pipeline=pipeline,

@@ -163,7 +163,7 @@ def child_train(cfg_json: str, steps: int) -> None:
     from fracture.model import build_model
     from fracture.train import compile_model
 
-    cfg = config.load(overrides=json.loads(cfg_json))
+    cfg = config.load(overrides=json.loads(cfg_json), frozen_random_backbone=True)  # memory only
     frame = data.load_index(cfg)
     arrays = data.split_arrays(frame, cfg)
     _, x_train, y_train = arrays["train"]
@@ -223,7 +223,7 @@ def main() -> None:
         overrides = dict(data_dir=str(work / "data"), data_format="folders", cache_dir=str(work / "cache"),
                          image_size=args.image_size, backbone=args.backbone, weights="none", epochs=1,
                          batch_size=args.batch_size, trainable_layers=args.trainable_layers, mlflow=False)
-        cfg = config.load(overrides=overrides)
+        cfg = config.load(overrides=overrides, frozen_random_backbone=True)  # memory does not depend on the weights
         start = time.perf_counter()
         make_dataset(work / "data", args.images, val_images=16)
         train_cache, val_cache = write_caches(cfg)

@@ -65,11 +65,11 @@ def resolve_run(args, tmp: Path) -> tuple[Path, str]:
 
     if args.run:
         path = find_run(args.run)
-        size = config_lib.load(path / "config.yaml").image_size
+        size = config_lib.load(path / "config.yaml", stored=True).image_size
         return path, f"--run {path} ({size} px)"
     try:
         newest = find_run(None, "saved_models")
-        size = config_lib.load(newest / "config.yaml").image_size
+        size = config_lib.load(newest / "config.yaml", stored=True).image_size
         if size == args.size:
             return newest, f"newest run {newest} ({size} px)"
         reason = f"the newest run {newest.name} is {size} px, not {args.size}"
@@ -83,7 +83,8 @@ def untrained_run(size: int, tmp: Path) -> Path:
     import fracture as fr
     from fracture.model import build_model
 
-    cfg = fr.load_config(overrides=dict(weights="none", image_size=size, run_name="untrained", mlflow=False))
+    cfg = fr.load_config(overrides=dict(weights="none", image_size=size, run_name="untrained", mlflow=False),
+                         frozen_random_backbone=True)  # latency only
     path = tmp / "untrained"
     path.mkdir(parents=True)
     cfg.to_yaml(path / "config.yaml")

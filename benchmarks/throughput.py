@@ -62,7 +62,8 @@ def main() -> None:
 
     cache = Path(tempfile.mkdtemp(prefix="fracture-bench-"))
     cfg = config.load(overrides=dict(data_dir=args.data, weights="none", image_size=args.image_size,
-                                     batch_size=args.batch_size, cache_dir=str(cache), mlflow=False))
+                                     batch_size=args.batch_size, cache_dir=str(cache), mlflow=False),
+                      frozen_random_backbone=True)  # timing only: the weights' values do not matter
     frame = data.load_index(cfg)
     frame = frame[frame["split"] == "train"].head(args.images)
     paths, labels = frame["path"].tolist(), frame["label"].to_numpy(np.float32)

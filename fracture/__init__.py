@@ -13,6 +13,7 @@ Heavy modules (Keras, and through it TensorFlow/JAX/PyTorch) load on first use, 
 
 import importlib
 
+from fracture import startup
 from fracture.config import Config
 from fracture.config import load as load_config
 from fracture.errors import FractureError
@@ -23,6 +24,11 @@ from fracture.evaluate import evaluate
 from fracture.train import train
 
 __version__ = "0.1.0"
+
+# Before any module here imports Keras: TensorFlow's C++ start-up banner (absl, oneDNN, CPU
+# features) is dropped from its first import in this process, whoever triggers it; real warnings
+# and errors still show (fracture/startup.py).
+startup.install()
 
 # public name -> module that defines it (imported lazily on first attribute access)
 _LAZY = {

@@ -149,9 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.set_defaults(func=_delegate("fracture.cv", "cli_cv"))
 
-    p = verbs.add_parser("evaluate", help="re-evaluate a run at image and study level")
+    p = verbs.add_parser("evaluate", help="re-evaluate a run at image and study level (validation split "
+                                          "unless --split test)")
     p.add_argument("--run", help="run folder (default: newest in saved_models/)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="val: the patient split carved from train, used for every choice; test: the held-out "
+                        "final report (MURA's valid folder, or test/), spent only when named here")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data_dir=... to evaluate on other data")
     p.set_defaults(func=cmd_evaluate)
 

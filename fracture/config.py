@@ -46,6 +46,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # keras.mixed_preci
 JIT_COMPILE = ("auto", "true", "false")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker", "data_parallel")
 STUDY_TYPES = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
+NO_WEIGHTS = ("none", "", "random", "scratch")  # weights= values that mean "random initialisation"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one folder name: no separators, no '..'
 
 
@@ -103,6 +104,7 @@ class Config:
     distribution: str = "none"  # "none", "mirrored" (TF, local GPUs), "multiworker" (TF, TF_CONFIG), "data_parallel" (JAX, all devices); docs/cluster.md
     verbose: str = "auto"  # Keras fit output: "auto" = progress bar in a terminal or notebook, one line per epoch in logs; or 0, 1, 2
     seed: int = 42  # seeds the split, the weights init and augmentation
+    deterministic: bool = False  # true: deterministic kernels too, so a rerun on the same machine repeats history.csv and predictions exactly (slower; docs/reproducibility.md)
     threshold: float | str = 0.5  # probability above which an image/study is called abnormal, or "auto": chosen on validation studies
     target_sensitivity: float = 0.0  # threshold=auto: highest threshold reaching this validation sensitivity; 0 = Youden's J
     bootstrap_resamples: int = 2000  # 95% confidence intervals: patients resampled this often (seeded by seed); 0 = off
@@ -297,6 +299,15 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"bad config: {message}")
 
 
+def check_random_backbone(cfg: Config) -> None:
+    """Refuse a random backbone that stays partly frozen: weights=none with trainable_layers != -1
+    trains the dense head (and the top layers) on features that are noise and never learn."""
+    if cfg.weights.strip().lower() in NO_WEIGHTS and cfg.trainable_layers != -1:
+        raise ConfigError(f"weights={cfg.weights.strip() or 'none'} starts from random weights, so "
+                          f"trainable_layers={cfg.trainable_layers} would keep part of a random backbone frozen; "
+                          "set trainable_layers=-1 (train every layer)")
+
+
 def parse_overrides(items: list[str]) -> dict:
     """['epochs=2', 'backbone=ResNet50'] -> {'epochs': '2', 'backbone': 'ResNet50'}."""
     out = {}
@@ -309,12 +320,16 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def load(path=None, overrides: dict | list[str] | None = None, stored: bool = False) -> Config:
+def load(path=None, overrides: dict | list[str] | None = None, stored: bool = False,
+         frozen_random_backbone: bool = False) -> Config:
     """Defaults, then the YAML file at `path`, then `overrides` (a dict or key=value strings).
 
     stored=True reads a run folder's own config.yaml, written by an older or newer version: a key
     this version does not know is a warning that names it (and is ignored), so old runs keep loading.
     A key the user writes (a --config file, an override) that is unknown stays an error.
+    A config the user writes is also refused when it freezes a random backbone (check_random_backbone);
+    frozen_random_backbone=True lets benchmarks and tests that time or test the freezing itself
+    (a step's cost does not depend on the weights' values) build one on purpose.
     """
     cfg = Config()
     if path:
@@ -339,4 +354,6 @@ def load(path=None, overrides: dict | list[str] | None = None, stored: bool = Fa
             overrides = parse_overrides(overrides)
         cfg = update(cfg, overrides)
     validate(cfg)
+    if not (stored or frozen_random_backbone):
+        check_random_backbone(cfg)
     return cfg

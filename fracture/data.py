@@ -394,10 +394,10 @@ def _skipped_frame(paths, ok, reasons) -> pd.DataFrame:
 def _progress(total: int):
     if total < 200 or not log.isEnabledFor(logging.INFO):
         return None
-    from keras.utils import Progbar
+    from fracture import progress
 
     log.info("decoding %d images once (cached for later epochs and runs)", total)
-    return Progbar(total, unit_name="image")
+    return progress.bar(total, unit_name="image", what="decoded")
 
 
 def split_arrays(frame: pd.DataFrame, cfg) -> dict:

@@ -217,9 +217,11 @@ def choose_threshold(frame: pd.DataFrame, cfg) -> tuple[float, str]:
     return threshold, f"{rule}, study level"
 
 
-def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> dict:
+def evaluate(run_or_path, cfg=None, split: str = "val", write: bool = True) -> dict:
     """Re-evaluate a saved run (path or Run) on a split of its data; returns the scores and,
     with write=True, stores them in the run's metrics.json under `split`.
+
+    The default is the validation split: the test split is spent only when asked for by name.
 
     The test split is the final, held-out report: stored with `final: true`, the time, and how
     often it was evaluated; a second evaluation warns (choosing anything by test biases it).
@@ -230,6 +232,10 @@ def evaluate(run_or_path, cfg=None, split: str = "test", write: bool = True) -> 
 
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
     cfg = cfg or run.config
+    if cfg.deterministic:  # the run's predictions repeat exactly, as its training did
+        from fracture import determinism
+
+        determinism.enable(cfg.seed)
     arrays = split_arrays(load_index(cfg), cfg)
     if split not in arrays:
         from fracture.errors import DataError

@@ -168,7 +168,9 @@ def resolve_weights(cfg) -> str | None:
         except WeightsError as exc:
             if not cfg.allow_random_weights:
                 raise
-            log.warning("%s Continuing from random initialisation.", exc)
+            frozen = (f" trainable_layers={cfg.trainable_layers} keeps the rest of this random backbone frozen: "
+                      "pass trainable_layers=-1 to train it all.") if cfg.trainable_layers != -1 else ""
+            log.warning("%s Continuing from random initialisation.%s", exc, frozen)
             return None
     path = Path(choice).expanduser()
     if not path.is_file():

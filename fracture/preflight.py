@@ -17,7 +17,7 @@ from fracture.errors import DataError, WeightsError
 
 log = logging.getLogger(__name__)
 
-NO_WEIGHTS = ("none", "", "random", "scratch")  # weights= values that mean "random initialisation"
+NO_WEIGHTS = config_lib.NO_WEIGHTS  # weights= values that mean "random initialisation"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of every HDF5 file (Keras .h5 weights)
 
 

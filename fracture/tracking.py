@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 import warnings
@@ -121,25 +120,14 @@ def dataset_input(cfg, frame, context: str = "training"):
     return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
-def git_commit() -> tuple[str, bool | None]:
-    """(HEAD commit of the checkout holding this package, whether tracked files differ) or ("unknown", None)."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", None
-    return commit, bool(status.strip())
-
-
 def run_tags(cfg, run_dir: Path, frame=None) -> dict[str, str]:
     import keras
 
     import fracture
+    from fracture import machine
 
-    commit, dirty = git_commit()
+    record = machine.describe()
+    commit, dirty = record["git_commit"], record["git_dirty"]
     run_dir = Path(run_dir).resolve()
     tags = {
         "backbone": cfg.backbone,
@@ -154,6 +142,7 @@ def run_tags(cfg, run_dir: Path, frame=None) -> dict[str, str]:
         "mlflow.source.name": "fracture train",
         "mlflow.note.content": f"Run folder: `{run_dir}`",
     }
+    tags.update(machine.as_tags(record))  # the CPU, cores and versions the run was made with
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit
     if frame is not None and len(frame):  # without the index, keep whatever print the run has

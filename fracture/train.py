@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -59,7 +58,9 @@ def fit_verbosity(verbose: str) -> int:
     a Jupyter kernel) and one line per epoch (2) where output goes to a log file or CI."""
     if verbose != "auto":
         return int(verbose)
-    return 1 if sys.stdout.isatty() or "ipykernel" in sys.modules else 2
+    from fracture import progress
+
+    return 1 if progress.watching() else 2
 
 
 def class_weights(frame: pd.DataFrame) -> dict[int, float]:
@@ -175,6 +176,10 @@ def train(cfg) -> Path:
 
     dist = distribute.setup(cfg)  # first: a multi-worker strategy must exist before any TensorFlow op
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        from fracture import determinism
+
+        determinism.enable(cfg.seed)
     run_dir = new_run_dir(cfg)
     cfg = dataclasses.replace(cfg, run_name=run_dir.name)  # the caller's cfg stays as it was
     if resume.is_complete(run_dir):
@@ -270,7 +275,7 @@ def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker, dist=N
 
 def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dict) -> tuple[dict, object]:
     """The best epoch's model, predictions, plots, metrics.json, then the marker that says "complete"."""
-    from fracture import fileio, resume
+    from fracture import fileio, machine, resume
     from fracture.evaluate import choose_threshold, format_table, predict_images, save_plots, score_frame
     from fracture.model import count_params, load_model
 
@@ -292,6 +297,7 @@ def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dic
         "class_weights": {str(k): v for k, v in weights.items()},
         "counts": {split: int(len(a[1])) for split, a in arrays.items()},
         "skipped_files": int(len(skipped)),
+        "machine": machine.describe(),  # CPU, cores, backend, versions, commit: what made these numbers
     }
     # Selection uses validation only: the best epoch (above), the threshold and these scores. The
     # test split is the final report, evaluated once afterwards by `python -m fracture evaluate`.

@@ -29,7 +29,8 @@ def tiny_config(tmp_path, data_dir, **overrides):
     values = dict(TINY, data_dir=str(data_dir), runs_dir=str(tmp_path / "runs"),
                   cache_dir=str(tmp_path / "cache"))
     values.update(overrides)
-    return fr.load_config(overrides=values)
+    # Some tests freeze part of a random backbone on purpose (the freezing, not the learning, is tested).
+    return fr.load_config(overrides=values, frozen_random_backbone=True)
 
 
 BROKEN = "MURA-v1.1/train/XR_HUMERUS/patient00001/study1_broken_negative/image1.png"

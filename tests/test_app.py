@@ -180,7 +180,7 @@ def test_one_pass_cam_equals_the_public_api(synth_root, tmp_path_factory):
     from fracture.model import Run, build_model
 
     keras.utils.set_random_seed(0)  # weights under which neither layer's map is all zero
-    cfg = fr.load_config(overrides=dict(weights="none", image_size=64, dense_units=[16, 8, 4]))
+    cfg = fr.load_config(overrides=dict(weights="none", image_size=64, dense_units=[16, 8, 4]), frozen_random_backbone=True)
     run64 = Run(path=tmp_path_factory.mktemp("random64"), model=build_model(cfg), config=cfg, metrics={})
     predictor = app_module.Predictor(run64)
     gray = cv2.imread(str(sorted(Path(synth_root).glob("train/XR_HUMERUS/*/*_positive/*.png"))[0]), 0)
@@ -441,7 +441,8 @@ def test_the_app_answers_like_model_predict_on_this_backend(tmp_path):
     from fracture.model import Run, build_model
 
     keras.utils.set_random_seed(0)
-    cfg = fr.load_config(overrides=dict(backbone="VGG16", weights="none", image_size=32, dense_units=[16, 8, 4]))
+    cfg = fr.load_config(overrides=dict(backbone="VGG16", weights="none", image_size=32, dense_units=[16, 8, 4]),
+                         frozen_random_backbone=True)
     run = Run(path=tmp_path / "untrained", model=build_model(cfg), config=cfg, metrics={})
     client = create_app(run, warm_up=False).test_client()
     gray = np.random.default_rng(5).integers(0, 256, (48, 40), dtype=np.uint8)

@@ -189,7 +189,7 @@ def test_densenet_inner_transition_and_last_layers(backend):
 
     keras.utils.set_random_seed(0)
     model = build_model(load(overrides=dict(weights="none", image_size=SIZE, dense_units=[16, 8, 4],
-                                            dense_activation="tanh")))
+                                            dense_activation="tanh"), frozen_random_backbone=True))
     x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
     layers = ["conv3_block2_1_relu", "pool4_relu", "relu"]
     maps = cam.cam_maps(model, x, layers, "gradcam", average=True)

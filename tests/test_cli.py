@@ -14,6 +14,8 @@ def run_cli(*args):
     (["train", "epohcs=2"], "unknown config key 'epohcs'. Did you mean 'epochs'?"),
     (["train", "batch_size=big"], "bad value for 'batch_size'"),
     (["train", "--config", "nope.yaml"], "config file not found: nope.yaml"),
+    (["train", "weights=none"], "would keep part of a random backbone frozen; set trainable_layers=-1"),
+    (["cv", "weights=none", "trainable_layers=10"], "set trainable_layers=-1"),
 ])
 def test_config_mistakes_fail_fast_and_clearly(args, message):
     probe = ("import sys; from fracture.cli import main; code = main(sys.argv[1:]); "
@@ -45,7 +47,7 @@ def test_predict_missing_file_is_a_clear_error(trained_run, capsys):
 
 
 def test_evaluate_prints_image_and_study_rows(trained_run, capsys):
-    assert main(["evaluate", "--run", str(trained_run)]) == 0
+    assert main(["evaluate", "--run", str(trained_run), "--split", "test"]) == 0
     captured = capsys.readouterr()
     out = captured.out
     assert "test split (final, held out" in out and "run tiny, threshold 0.500" in out
@@ -54,6 +56,25 @@ def test_evaluate_prints_image_and_study_rows(trained_run, capsys):
     assert "kappa" in out and "auc" in out
     assert out.count("kappa") == 1 and "kappa" not in captured.err  # one table, not one more in the log
     assert rows["image"][1].isdigit() and rows["study"][1].isdigit()  # counts print as integers
+
+
+def test_evaluate_defaults_to_the_validation_split_and_leaves_test_unspent(trained_run, tmp_path, capsys):
+    """Plain `evaluate` scores val (as predictions_val.csv shows); the test split is spent only by name."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = json.loads((run / "metrics.json").read_text())["test"]
+    assert main(["evaluate", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("val split (selection), run ")
+    image_row = next(line.split() for line in out.splitlines() if line.startswith("image"))
+    assert int(image_row[1]) == len(pd.read_csv(run / "predictions_val.csv"))
+    assert json.loads((run / "metrics.json").read_text())["test"] == before  # not evaluated again
+    assert "test: the held-out final report" in " ".join(run_cli("evaluate", "--help").stdout.split())
 
 
 def test_help_shows_defaults_keys_and_version():

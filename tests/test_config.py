@@ -83,3 +83,26 @@ def test_an_old_runs_unknown_key_is_a_warning_a_users_is_an_error(tmp_path, capl
     stored.write_text("epochs: [3\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(stored)
+
+
+@pytest.mark.parametrize("weights", ["none", "None", "random", "scratch"])
+def test_a_random_backbone_that_stays_frozen_is_refused(weights, tmp_path):
+    with pytest.raises(ConfigError, match=r"trainable_layers=60 would keep part of a random backbone frozen; "
+                                          r"set trainable_layers=-1"):
+        config.load(overrides={"weights": weights})
+    with pytest.raises(ConfigError, match="trainable_layers=0 "):
+        config.load(overrides={"weights": weights, "trainable_layers": 0})
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(f"weights: {weights}\n")
+    with pytest.raises(ConfigError, match="set trainable_layers=-1"):
+        config.load(yaml_file)
+    assert config.load(overrides={"weights": weights, "trainable_layers": -1}).trainable_layers == -1
+    assert config.load(overrides={"trainable_layers": 5}).trainable_layers == 5  # ImageNet weights: fine
+
+
+def test_a_stored_run_with_a_frozen_random_backbone_still_loads(tmp_path):
+    """Runs made before the rule keep loading (evaluate, predict, cam, serve); only new configs are refused."""
+    stored = tmp_path / "config.yaml"
+    stored.write_text("weights: none\ntrainable_layers: 60\n")
+    assert config.load(stored, stored=True).trainable_layers == 60
+    assert config.update(config.load(stored, stored=True), {"batch_size": 4}).batch_size == 4  # evaluate overrides

@@ -9,7 +9,8 @@ from fracture.model import BACKBONES, PREPROCESS_LAYERS, build_model, imagenet_w
 
 
 def cfg_of(**overrides):
-    return config.load(overrides=dict(dict(weights="none", image_size=32, dense_units=[16, 8, 4]), **overrides))
+    return config.load(overrides=dict(dict(weights="none", image_size=32, dense_units=[16, 8, 4]), **overrides),
+                       frozen_random_backbone=True)  # the freezing itself is under test
 
 
 @pytest.fixture(scope="module")

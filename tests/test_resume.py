@@ -45,7 +45,7 @@ import numpy as np
 import fracture as fr
 from fracture import fileio
 
-cfg = fr.load_config(overrides=json.loads(sys.argv[1]))
+cfg = fr.load_config(overrides=json.loads(sys.argv[1]), frozen_random_backbone=True)
 plan, side = json.loads(sys.argv[2]), Path(sys.argv[3])
 side.mkdir(exist_ok=True)
 kill, calls = plan.get("kill"), []

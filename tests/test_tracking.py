@@ -21,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 import fracture as fr
-from fracture import config, tracking
+from fracture import config, machine, tracking
 from fracture.cli import main
 from fracture.errors import FractureError
 from fracture.testing import free_port, stop_server, wait_until_healthy
@@ -73,6 +73,8 @@ def check_run_matches_folder(client, run_dir: Path, epochs: int) -> str:
     assert tags["run_dir"] == str(run_dir.resolve()) and tags["backbone"] == "VGG16"
     assert tags["keras_backend"] == keras.backend.backend() and tags["fracture_version"] == fr.__version__
     assert tags["study_type"] == "XR_HUMERUS" and tags["git_commit"]
+    # The machine record of metrics.json, as flat tags.
+    assert {k: v for k, v in tags.items() if k.startswith("machine.")} == machine.as_tags(stored["machine"])
     assert tags["dataset_fingerprint"] == tracking.dataset_fingerprint(fr.load_index(cfg))
     assert set(RUN_ARTIFACTS) <= artifact_paths(client, run_id)
     # The model is a LoggedModel of this run (MLflow 3), not a folder of run artifacts.

@@ -121,7 +121,7 @@ def test_stored_and_re_evaluated_metrics_equal_sklearn_on_the_predictions_table(
     expected = sklearn_scores(table, config.load(trained_run / "config.yaml").threshold)
     assert expected["study"]["n"] < expected["image"]["n"]  # some study has several images
     assert_scores_match(json.loads((trained_run / "metrics.json").read_text())["test"], expected)
-    assert_scores_match(fr.evaluate(trained_run, write=False), expected)
+    assert_scores_match(fr.evaluate(trained_run, split="test", write=False), expected)
 
 
 def test_a_finished_run_is_not_overwritten(trained_run):

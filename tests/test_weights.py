@@ -26,7 +26,7 @@ TINY = dict(weights="none", image_size=32, dense_units=[16, 8, 4])
 
 
 def cfg_of(**overrides):
-    return config.load(overrides=dict(TINY, **overrides))
+    return config.load(overrides=dict(TINY, **overrides), frozen_random_backbone=True)
 
 
 # --------------------------------------------------------------------------------------------
