@@ -217,9 +217,14 @@ def check(run_dir: Path, results: Path = RESULTS) -> list[str]:
     """Lines comparing one run with the documented range; a number outside it or off its target says so."""
     numbers = run_numbers(run_dir)
     documented = json.loads(results.read_text()) if results.is_file() else None
-    lines = [f"demo check of {run_dir.name}: " + (
-        f"documented range = {len(documented['runs'])} seeds on {documented['cpu']} ({results})"
-        if documented else f"no documented range yet ({results} missing): targets only")]
+    if documented and documented.get("recipe") not in (None, recipe()):
+        lines = [f"demo check of {run_dir.name}: {results} documents another recipe "
+                 f"({documented.get('recipe')}, this one is {recipe()}): targets only"]
+        documented = None
+    else:
+        lines = [f"demo check of {run_dir.name}: " + (
+            f"documented range = {len(documented['runs'])} seeds on {documented['cpu']} ({results})"
+            if documented else f"no documented range yet ({results} missing): targets only")]
     outside = []
     for key, (label, target) in METRICS.items():
         if key not in numbers:

@@ -232,7 +232,7 @@ def calibration(frame: pd.DataFrame, split: str = "test", n_bins: int = 10, thre
     bottom.hist([frame.loc[frame["label"] == value, "probability"] for value in (0, 1)], bins=bins,
                 color=["tab:gray", "tab:red"], label=[f"{NORMAL} images", f"{ABNORMAL} images"])  # side by side
     if threshold is not None:
-        bottom.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        bottom.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
     bottom.set(xlabel="predicted probability of fracture", ylabel="images")
     _legend(bottom)
     for ax in (top, bottom):

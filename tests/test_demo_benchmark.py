@@ -80,3 +80,14 @@ def test_tables_accumulate_per_recipe_and_come_back_from_a_log(tmp_path, monkeyp
     monkeypatch.setattr(demo, "recipe", lambda: "recipe-b")
     assert demo.earlier_runs(out, [3]) == []  # another recipe starts a new table
     assert "| validation AUC (image) | 0.980 | 0.970 | 0.990 | ≥ 0.950 |" in out.with_suffix(".md").read_text()
+
+
+def test_check_ignores_the_range_of_another_recipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "recipe", lambda: "recipe-a")
+    results = tmp_path / "seeds.json"
+    demo.write(demo.table([{"seed": 1, **demo.run_numbers(fake_run(tmp_path / "a", pointing=0.95)),
+                            "demo_seconds": 700.0}], 0.0), results)
+    assert "OUTSIDE" in "\n".join(demo.check(fake_run(tmp_path / "b", pointing=0.85), results))
+    monkeypatch.setattr(demo, "recipe", lambda: "recipe-b")
+    lines = demo.check(fake_run(tmp_path / "c", pointing=0.85), results)
+    assert "documents another recipe" in lines[0] and "OUTSIDE" not in "\n".join(lines)

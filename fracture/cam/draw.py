@@ -291,7 +291,7 @@ def _verdict_line(probability, threshold, true_label):
     predicted = label(probability, threshold)
     truth = {None: "unknown", 1: ABNORMAL, 0: NORMAL}[true_label]
     colour = "black" if true_label is None else ("darkgreen" if truth == predicted else "firebrick")
-    line = f"true: {truth}   |   predicted: {predicted}, p(fracture) = {probability:.3f} (threshold {threshold:g})"
+    line = f"true: {truth}   |   predicted: {predicted}, p(fracture) = {probability:.3f} (threshold {threshold:.3g})"
     return line, colour
 
 
