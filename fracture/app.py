@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from fracture import imageio, scores
 from fracture.errors import FractureError, ImageError
@@ -442,6 +442,7 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
                 f"(the upload itself, {declared / 1024 / 1024:.3g} MB, is within the limit): send the image(s) "
                 "in fields named 'file' or 'files' only")
 
+    @app.errorhandler(ClientDisconnected)  # how Werkzeug reports the body read that the timeout cut off
     @app.errorhandler(TimeoutError)
     def slow_client(exc):  # the server's request timeout (fracture/serving.py) cut off a stalled body
         response, _ = _error(408, "the request body did not arrive in time (the connection stalled)")

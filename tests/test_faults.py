@@ -436,7 +436,7 @@ def test_ensemble_lifecycle_interrupted_resumes_complete_refused_force_replaces(
     shutil.copytree(trained_run, twin)
     args = ["ensemble", "--runs", str(trained_run), str(twin), "--name", "ens", "--runs-dir", str(tmp_path),
             "--threshold", "0.5"]
-    import fracture.evaluate as evaluate_module
+    evaluate_module = importlib.import_module("fracture.evaluate")  # `fracture.evaluate` is also the function
 
     real_plots = evaluate_module.save_plots
 
