@@ -34,4 +34,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
 # One worker process holds the model once; threads share it (the app serialises model calls).
-CMD ["gunicorn", "-w", "1", "--threads", "4", "--timeout", "300", "-b", "0.0.0.0:8000", "fracture.app:create_app()"]
+# gunicorn with request timeouts (a stalled upload cannot hold a thread): fracture/serving.py
+CMD ["python", "-m", "fracture", "serve", "--host", "0.0.0.0", "--port", "8000"]

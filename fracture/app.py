@@ -1,9 +1,9 @@
 """The web app: upload an X-ray or a study, get the fracture probability and where the model looked.
 
-    python -m fracture serve --run saved_models/<run>                      # development server
+    python -m fracture serve --run saved_models/<run>          # gunicorn, with request timeouts (fracture/serving.py)
+    python -m fracture serve --dev --run saved_models/<run>    # Flask's development server
     FRACTURE_RUN=saved_models/<run> gunicorn -w 1 --threads 4 --timeout 300 \\
-        -b 127.0.0.1:8000 'fracture.app:create_app()'                      # production
-    FRACTURE_RUN=saved_models/<run> flask --app fracture.app run             # Flask's own runner
+        -b 127.0.0.1:8000 'fracture.app:create_app()'          # gunicorn by hand (no request timeout)
 
 `create_app` loads the run once, compiles the forward pass and warms it (and every offered CAM
 layer) up, so no request pays for loading or tracing. One lock serialises the model calls: simple
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from fracture import imageio, scores
 from fracture.cam import draw
@@ -511,10 +511,29 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
-        messages = {413: f"upload larger than the {app.config['MAX_CONTENT_LENGTH'] / 1024 / 1024:.3g} MB limit"
-                         " (for all files of a request together)",
+        messages = {413: too_large_message(),
                     405: f"method {request.method} not allowed on {request.path[:200]}"}
         return _error(exc.code or 500, messages.get(exc.code, exc.description or exc.name), exc.name)
+
+    def too_large_message() -> str:
+        """Which limit a 413 hit: the body size, or (for a body within it) the form's part count or
+        its non-file fields, which Werkzeug limits separately."""
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        declared = request.content_length
+        if declared is None or declared > limit:
+            return f"upload larger than the {limit / 1024 / 1024:.3g} MB limit (for all files of a request together)"
+        parts = app.config.get("MAX_FORM_PARTS") or 1000  # Werkzeug's default
+        memory = app.config.get("MAX_FORM_MEMORY_SIZE") or 500_000
+        return (f"the form has more than {parts} parts, or a non-file field over {memory / 1000:.0f} KB "
+                f"(the upload itself, {declared / 1024 / 1024:.3g} MB, is within the limit): send the image(s) "
+                "in fields named 'file' or 'files' only")
+
+    @app.errorhandler(ClientDisconnected)  # how Werkzeug reports the body read that the timeout cut off
+    @app.errorhandler(TimeoutError)
+    def slow_client(exc):  # the server's request timeout (fracture/serving.py) cut off a stalled body
+        response, _ = _error(408, "the request body did not arrive in time (the connection stalled)")
+        response.headers["Connection"] = "close"
+        return response, 408
 
     @app.errorhandler(Exception)
     def server_error(exc):
@@ -536,17 +555,41 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
 
 
 def cli_serve(args) -> None:
-    """`python -m fracture serve`: Flask's development server (use gunicorn in production)."""
-    if getattr(args, "model", None):
-        if args.run:
-            raise FractureError("give --run (a run's Keras model) or --model (an exported .onnx), not both")
+    """`python -m fracture serve`: gunicorn (fracture/serving.py); --dev: Flask's development server.
+    --model serves an exported .onnx on onnxruntime (no Keras in the process)."""
+    onnx = getattr(args, "model", None)
+    if onnx and args.run:
+        raise FractureError("give --run (a run's Keras model) or --model (an exported .onnx), not both")
+    if onnx:
+        if not Path(onnx).is_file():
+            raise FractureError(f"--model {onnx}: no such file (export one with `python -m fracture export`)")
         from fracture.onnx_serving import OnnxPredictor
 
-        app = create_app(predictor=OnnxPredictor(args.model))
+        def make_app():
+            return create_app(predictor=OnnxPredictor(onnx))
+    elif getattr(args, "dev", False):
+        def make_app():
+            return create_app(run=args.run)
     else:
-        app = create_app(run=args.run)
-    log.info("open http://%s:%s/ (development server; for production see docs/app.md)", args.host, args.port)
-    app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
+        from fracture.model import find_run
+
+        # A missing run is one error line here, not a worker that dies on start.
+        run_dir = find_run(args.run or os.environ.get("FRACTURE_RUN") or None,
+                           runs_dir=os.environ.get("FRACTURE_RUNS_DIR", "saved_models"))
+
+        def make_app():
+            return create_app(run=run_dir)
+    if getattr(args, "dev", False):
+        app = make_app()
+        log.info("open http://%s:%s/ (development server)", args.host, args.port)
+        app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
+        return
+    from fracture import serving
+
+    settings = serving.options(args.host, args.port, args.workers, args.threads, args.request_timeout)
+    log.info("open http://%s:%s/ (gunicorn: %d worker(s) x %d threads, %.0f s request timeout)", args.host, args.port,
+             args.workers, args.threads, args.request_timeout)
+    serving.run_gunicorn(make_app, settings)
 
 
 _app = None

@@ -40,16 +40,22 @@ def cmd_evaluate(args):
     from fracture.evaluate import evaluate, format_study_type_table, format_table
     from fracture.model import load_run
 
+    from fracture import portable
+
     run = load_run(args.run)
-    cfg = config_lib.update(run.config, config_lib.parse_overrides(args.overrides)) if args.overrides else None
-    scores = evaluate(run, cfg, split=args.split)
+    cfg = portable.with_overrides(run, args.overrides)
     role = {"test": "final, held out: report it, do not choose by it", "val": "selection"}.get(args.split, "")
-    print(f"{args.split} split{f' ({role})' if role else ''}, run {run.name}, threshold {scores['threshold']:.3f}:")
-    print(format_table(scores))
-    by_type = format_study_type_table(scores)
-    if by_type:
-        print(f"\nby study type ({args.split} split), in the layout of the MURA paper's Table 2:")
-        print(by_type)
+
+    def show(scores):  # before they are stored: a folder that cannot be written still gets its answer
+        print(f"{args.split} split{f' ({role})' if role else ''}, run {run.name}, threshold "
+              f"{scores['threshold']:.3f}:")
+        print(format_table(scores), flush=True)
+        by_type = format_study_type_table(scores)
+        if by_type:
+            print(f"\nby study type ({args.split} split), in the layout of the MURA paper's Table 2:")
+            print(by_type, flush=True)
+
+    evaluate(run, cfg, split=args.split, show=show, mlflow_run=args.mlflow_run)
 
 
 def cmd_predict(args):
@@ -156,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val: the patient split carved from train, used for every choice; test: the held-out "
                         "final report (MURA's valid folder, or test/), spent only when named here")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data_dir=... to evaluate on other data")
+    p.add_argument("--mlflow-run", nargs="?", const="recorded", default=None, metavar="RUN_ID",
+                   help="log to the MLflow run this folder recorded (or RUN_ID) even when the folder was moved "
+                        "or copied since; without it a copied folder's results stay out of MLflow")
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("predict", help="fracture probability for image files or folders")
@@ -199,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="map: each map to its own [0, 1] (shape only); shared: one scale per method x layer "
                         "over the images, so weak evidence stays dim")
     p.add_argument("--dpi", type=int, default=draw.DPI, help="resolution of panel.png and features__*.png")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="run config overrides before the options, e.g. data_dir=... for moved data")
     p.set_defaults(func=_delegate("fracture.cam", "cli_cam"))
 
     p = verbs.add_parser("serve", help="web app: upload an X-ray, get probability + CAM")
@@ -206,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="8000: mlflow ui takes 5000")
     p.add_argument("--model", help="an exported model.onnx instead of a run: onnxruntime, no Keras, no CAM")
+    p.add_argument("--dev", action="store_true", help="Flask's development server (Werkzeug) instead of gunicorn")
+    p.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (each loads the model)")
+    p.add_argument("--threads", type=int, default=4, help="threads per worker (model calls share one lock)")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a client may take to send a request's headers and body before it is cut off")
     p.set_defaults(func=_delegate("fracture.app", "cli_serve"))
 
     p = verbs.add_parser("export", help="the run's model as ONNX, TF SavedModel or LiteRT -> <run>/export/<format>/")
@@ -227,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "auto, else the members' threshold")
     p.add_argument("--name", default="", help="folder name (default: ensemble-<timestamp>)")
     p.add_argument("--runs-dir", default="saved_models")
+    p.add_argument("--force", action="store_true", help="replace an existing ensemble folder of that --name")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="data overrides for every member, before the options, e.g. data_dir=... for moved data")
     p.set_defaults(func=_delegate("fracture.ensemble", "cli_ensemble"))
 
     p = verbs.add_parser("runs", help="best MLflow runs as a table")
@@ -257,11 +276,31 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from fracture import diskspace
+
     try:
+        check_backend_variable()
         if hasattr(args, "overrides") and args.verb != "evaluate":
             config_lib.parse_overrides(args.overrides)  # unknown keys fail before heavy imports
         args.func(args)
     except FractureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or read-only folder at a write site with no message of its own
+        storage = diskspace.storage_error(exc, exc.filename or "a run file")
+        if storage is None:
+            raise
+        print(f"error: {storage}", file=sys.stderr)
+        return 2
     return 0
+
+
+KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy", "openvino")
+
+
+def check_backend_variable() -> None:
+    """KERAS_BACKEND=<typo> makes `import keras` raise deep inside; say it here, before the import."""
+    value = os.environ.get("KERAS_BACKEND")
+    if value is not None and value not in KERAS_BACKENDS:
+        raise FractureError(f"KERAS_BACKEND={value!r} is not a Keras backend: use one of {', '.join(KERAS_BACKENDS)} "
+                            "(or unset it for tensorflow)")

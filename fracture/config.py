@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ JIT_COMPILE = ("auto", "true", "false")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker", "data_parallel")
 STUDY_TYPES = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
 NO_WEIGHTS = ("none", "", "random", "scratch")  # weights= values that mean "random initialisation"
+MAX_EPOCHS = 100_000  # far above any real schedule; 1e9 is a typo that would run for ever
+MAX_LEARNING_RATE = 10.0  # above this every optimizer here diverges at once
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one folder name: no separators, no '..'
 
 
@@ -152,13 +155,13 @@ def _coerce(key: str, value, typ):
             if isinstance(value, bool):
                 return value
             raise ValueError
-        if typ is int:
-            if isinstance(value, bool) or not float(value).is_integer():
+        if typ is int:  # 40, not 40.0 or 4e1: a float here is a typo or a unit mistake
+            if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError
             return int(value)
         if typ is float:
-            if isinstance(value, bool):
-                raise ValueError
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError  # inf and nan: never a setting, and NaN compares false with every bound
             return float(value)
         if typ is str:
             return "" if value is None else str(value)
@@ -270,12 +273,13 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.image_size >= 32, "image_size must be at least 32"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
-        (cfg.epochs >= 1, "epochs must be at least 1"),
+        (1 <= cfg.epochs <= MAX_EPOCHS, f"epochs must be between 1 and {MAX_EPOCHS}"),
         (0.0 < cfg.val_fraction < 1.0, "val_fraction must be between 0 and 1"),
         (0.0 < cfg.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
         (cfg.folds >= 2, "folds must be at least 2"),
         (-1 <= cfg.fold < cfg.folds, "fold must be -1 (the val_fraction split) or a fold in 0..folds-1"),
-        (cfg.learning_rate > 0, "learning_rate must be positive"),
+        (0 < cfg.learning_rate <= MAX_LEARNING_RATE,
+         f"learning_rate must be in (0, {MAX_LEARNING_RATE}] (typical: 1e-5 to 1e-2)"),
         (0.0 <= cfg.momentum < 1.0, "momentum must be in [0, 1)"),
         (0.0 < cfg.gamma <= 1.0, "gamma must be in (0, 1]"),
         (0.0 <= cfg.dropout < 1.0, "dropout must be in [0, 1)"),
@@ -294,6 +298,10 @@ def validate(cfg: Config) -> None:
         (cfg.steps_per_execution >= 1, "steps_per_execution must be at least 1"),
         (cfg.verbose in ("auto", "0", "1", "2"), "verbose must be auto, 0, 1 or 2"),
     ]
+    for f in dataclasses.fields(cfg):  # a Config built in code skips _coerce: inf and nan stop here too
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"bad config: {f.name} must be a finite number, not {value}")
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"bad config: {message}")
@@ -316,8 +324,44 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' is not of the form key=value")
         _check_key(key.strip())
+        if key.strip() in out:
+            raise ConfigError(f"config key '{key.strip()}' is given twice on the command line "
+                              f"({out[key.strip()]!r} and {value!r}): keep one")
         out[key.strip()] = value
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"config key '{key}' is given twice (line {key_node.start_mark.line + 1}): keep one")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path):
+    """A config file's content: UTF-8 YAML with no key given twice, or a ConfigError naming the file."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): pass a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
 
 
 def load(path=None, overrides: dict | list[str] | None = None, stored: bool = False,
@@ -336,10 +380,7 @@ def load(path=None, overrides: dict | list[str] | None = None, stored: bool = Fa
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of key: value")
         if stored:

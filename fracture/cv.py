@@ -47,8 +47,7 @@ def fold_config(cfg, name: str, fold: int):
 
 def cross_validate(cfg) -> tuple[Path, dict]:
     """Train (or skip, when complete) one run per fold, then summarise; returns (cv folder, summary)."""
-    from fracture import fileio, preflight, resume
-    from fracture.train import train
+    from fracture import preflight
 
     if cfg.fold != -1:
         raise ConfigError(f"cv trains every fold itself: drop fold={cfg.fold} (`python -m fracture train "
@@ -61,9 +60,24 @@ def cross_validate(cfg) -> tuple[Path, dict]:
     config_lib.check_run_name(f"{name}-fold{cfg.folds - 1}")
     frame = preflight.check(fold_config(cfg, name, 0))  # too few patients for the folds fails here, in seconds
     cv_dir = Path(cfg.runs_dir) / name
+    from fracture import runlock
+
+    with runlock.hold(cv_dir, "cv"):  # a second `cv` of this name stops here; each fold has its own lock too
+        return _cross_validate(cfg, name, cv_dir, frame)
+
+
+def _cross_validate(cfg, name: str, cv_dir: Path, frame) -> tuple[Path, dict]:
+    from fracture import fileio, resume, runkind
+    from fracture.train import train
+
+    info = runkind.read(cv_dir)
+    if cv_dir.exists() and any(cv_dir.iterdir()) and info.get("kind") != "cv":
+        raise FractureError(f"{cv_dir} exists and is not a cross-validation folder: pick another run_name")
     cv_dir.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, run_name=name)
     cfg.to_yaml(cv_dir / "config.yaml")
+    # Written first: a hint about this unfinished folder names this command, never `train` into it.
+    runkind.write(cv_dir, "cv", ["python", "-m", "fracture", "cv", "--config", str(cv_dir / "config.yaml")])
     log.info("cross-validation %s: %d patient folds (rerun with run_name=%s to resume)", name, cfg.folds, name)
     pool = frame[frame["split"].isin(["train", "val"])]
     parent = tracking.start(cfg, cv_dir, pool) if cfg.mlflow else None
@@ -88,6 +102,7 @@ def cross_validate(cfg) -> tuple[Path, dict]:
     with fileio.atomic_path(cv_dir / OOF_FILE) as tmp:
         oof.to_csv(tmp, index=False)
     fileio.atomic_write_text(cv_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=float))
+    resume.write_marker(cv_dir, {"run": name})  # complete: like any run folder (its folds hold the models)
     if parent is not None:
         parent.finish_parent(parent_metrics(summary), [cv_dir / SUMMARY_FILE, cv_dir / OOF_FILE])
     return cv_dir, summary

@@ -80,6 +80,10 @@ def _mura_rows(root: Path, folder: str, study_types: tuple[str, ...]) -> list[di
     csv = root / f"{folder}_image_paths.csv"
     if csv.is_file():
         rel = _read_headerless(csv, ["path"])["path"]
+        twice = rel[rel.map(os.path.normpath).duplicated()]
+        if len(twice):  # counted twice in every score, and ensembles/cv cannot match rows by path
+            raise DataError(f"{csv} lists {len(twice)} image(s) more than once, e.g. {twice.iloc[0]}: remove the "
+                            "repeated rows")
         paths = [root.parent / p for p in rel]
     else:
         paths = sorted((root / folder).glob("XR_*/patient*/study*/*"))
@@ -296,31 +300,101 @@ def load_images(paths, size: int, cache_dir=None,
         images = np.zeros((len(paths), size, size, 1), np.uint8)
         ok, reasons = _decode_into(images, paths, size, max_pixels)
         return images, ok, _skipped_frame(paths, ok, reasons)
-    cache_file = Path(cache_dir) / f"{cache_key(paths, size, max_pixels)}.npy"
-    ok_file = cache_file.with_suffix(".ok.npy")
-    if not (cache_file.is_file() and ok_file.is_file()):
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # Decode into a private temporary file, then rename: atomic, so a killed run never leaves a
-        # half-written cache and two runs (or workers) decoding the same files cannot collide.
-        # The images file is renamed last: it is what says "this cache is complete".
-        private = f"{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp = cache_file.with_name(f"{cache_file.stem}.{private}.npy")
-        try:
-            images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 1))
-            ok, reasons = _decode_into(images, paths, size, max_pixels)
-            images.flush()
-            del images  # unmap before the rename
-            tmp_ok = ok_file.with_name(f"{cache_file.stem}.{private}.ok.npy")
-            np.save(tmp_ok, ok)
-            os.replace(tmp_ok, ok_file)
-            pd.Series(reasons, dtype=str).rename_axis("path").rename("reason").to_csv(
-                cache_file.with_suffix(".skipped.csv"))
-            os.replace(tmp, cache_file)
-        finally:
-            tmp.unlink(missing_ok=True)
+    key = cache_key(paths, size, max_pixels)
+    cache_file = Path(cache_dir) / f"{key}.npy"
+    shape = (len(paths), size, size, 1)
+    if not _cache_entry_ok(cache_file, key, shape):
+        _decode_to_cache(cache_file, key, paths, size, max_pixels)
     images = np.load(cache_file, mmap_mode="r")
-    ok = np.load(ok_file)
+    ok = np.load(cache_file.with_suffix(".ok.npy"))
     return images, ok, _skipped_frame(paths, ok, stored_reasons(cache_file))
+
+
+# A cache entry is four files: <key>.npy (the images), <key>.ok.npy (decoded or not),
+# <key>.skipped.csv (why not) and <key>.check.json, written last, holding the key, the shape and
+# each other file's size and sha256. The check file says "this entry is complete"; a truncated,
+# garbled, foreign or bit-flipped entry fails it and is decoded again.
+ENTRY_SUFFIXES = (".npy", ".ok.npy", ".skipped.csv")
+
+
+def _entry_files(cache_file: Path) -> list[Path]:
+    return [cache_file.with_suffix(suffix) for suffix in ENTRY_SUFFIXES]
+
+
+def _check_file(cache_file: Path) -> Path:
+    return cache_file.with_suffix(".check.json")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _cache_entry_ok(cache_file: Path, key: str, shape: tuple) -> bool:
+    """Whether the entry exists and passes its check file (a warning names what failed)."""
+    import json
+
+    check = _check_file(cache_file)
+    if not check.is_file():
+        if cache_file.is_file():
+            log.warning("decode cache %s has no check file (incomplete, or from an older version): decoding the "
+                        "images again", cache_file)
+        return False
+    try:
+        stored = json.loads(check.read_text())
+        problem = None
+        if stored.get("key") != key or tuple(stored.get("shape", ())) != shape:
+            problem = f"it belongs to other images ({check.name} records key {stored.get('key')!r})"
+        for path in _entry_files(cache_file):
+            if problem:
+                break
+            size, digest = stored["files"][path.name]
+            if not path.is_file():
+                problem = f"{path.name} is missing"
+            elif path.stat().st_size != size:
+                problem = f"{path.name} has {path.stat().st_size} bytes, {size} expected (truncated?)"
+            elif _sha256(path) != digest:
+                problem = f"{path.name} does not match its checksum (garbled)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"{check.name} cannot be read ({type(exc).__name__}: {exc})"
+    if problem:
+        log.warning("decode cache entry %s is damaged: %s; decoding the images again", cache_file, problem)
+        return False
+    return True
+
+
+def _decode_to_cache(cache_file: Path, key: str, paths: list[str], size: int, max_pixels: int) -> None:
+    """Decode into private temporary files, then rename them in place, the check file last: a killed
+    run never leaves an entry that passes its check, and two runs (or workers) decoding the same
+    files cannot collide (they write the same bytes under their own temporary names)."""
+    import json
+
+    from fracture import diskspace
+
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    _check_file(cache_file).unlink(missing_ok=True)  # from here on the old entry counts as gone
+    private = f"{os.getpid()}.{threading.get_ident()}.tmp"
+    temps = {path: path.with_name(f"{cache_file.stem}.{private}{path.name[len(cache_file.stem):]}")
+             for path in [*_entry_files(cache_file), _check_file(cache_file)]}
+    tmp_images, tmp_ok, tmp_skipped, tmp_check = temps.values()
+    shape = (len(paths), size, size, 1)
+    try:
+        diskspace.require_free(cache_file.parent, int(np.prod(shape)), f"the decode cache of {len(paths)} images")
+        images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=shape)
+        ok, reasons = _decode_into(images, paths, size, max_pixels)
+        images.flush()
+        del images  # unmap before hashing and the rename
+        np.save(tmp_ok, ok)
+        pd.Series(reasons, dtype=str).rename_axis("path").rename("reason").to_csv(tmp_skipped)
+        files = {final.name: [tmp.stat().st_size, _sha256(tmp)] for final, tmp in temps.items() if tmp != tmp_check}
+        tmp_check.write_text(json.dumps({"key": key, "shape": list(shape), "files": files}, indent=2))
+        for final, tmp in temps.items():  # dict order: the check file is renamed last
+            os.replace(tmp, final)
+    except OSError as exc:
+        raise diskspace.storage_error(exc, cache_file) or exc
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
 
 
 def _decode_into(images, paths: list[str], size: int, max_pixels: int) -> tuple[np.ndarray, dict]:

@@ -86,10 +86,14 @@ def average(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def build(runs, tta: str = "none", threshold: str | float | None = None, name: str = "",
-          runs_dir="saved_models") -> Path:
-    """Average the runs' probabilities on val and test; write the ensemble folder; returns it."""
-    from fracture import fileio, resume
-    from fracture.evaluate import choose_threshold, save_plots, score_frame
+          runs_dir="saved_models", force: bool = False, overrides: list[str] | None = None) -> Path:
+    """Average the runs' probabilities on val and test; write the ensemble folder; returns it.
+
+    An ensemble folder is a run like the others: locked while written, `kind.json` first (so an
+    interrupted one names the command that finishes it), `complete.json` last. The same command
+    again finishes an interrupted ensemble; force=True replaces an existing folder of that name.
+    overrides (key=value, e.g. data_dir=...) apply to every member's config: data that moved."""
+    from fracture import portable, runlock
     from fracture.model import load_run
 
     if tta not in TTA_CHOICES:
@@ -100,14 +104,49 @@ def build(runs, tta: str = "none", threshold: str | float | None = None, name: s
         if path.name in members:
             raise FractureError(f"run {path.name} is listed twice")
         members[path.name] = load_run(path)
+        if overrides:
+            members[path.name].config = portable.with_overrides(members[path.name], overrides)
+        portable.require_data(members[path.name].config, path, "ensemble")
     check_members({n: r.config for n, r in members.items()})
     first = next(iter(members.values()))
     chosen = _threshold_setting(members, threshold)
     cfg = config_lib.update(first.config, {"threshold": chosen, "run_name": name or
                                            f"ensemble-{datetime.now():%Y%m%d-%H%M%S}", "runs_dir": str(runs_dir)})
     out_dir = Path(cfg.runs_dir) / cfg.run_name
-    if out_dir.exists():
-        raise FractureError(f"{out_dir} exists already: pick another --name or delete it")
+    command = ["python", "-m", "fracture", "ensemble", *(overrides or []), "--runs",
+               *[str(r.path) for r in members.values()], "--tta", tta, "--name", cfg.run_name,
+               "--runs-dir", str(runs_dir), *(["--threshold", str(threshold)] if threshold is not None else [])]
+    with runlock.hold(out_dir, "ensemble"):
+        _prepare_folder(out_dir, members, tta, chosen, force, command)
+        return _build(members, cfg, out_dir, tta)
+
+
+def _prepare_folder(out_dir: Path, members: dict, tta: str, chosen, force: bool, command: list[str]) -> None:
+    """Empty (force), resume (the same ensemble, interrupted) or refuse an existing folder; then kind.json."""
+    import shutil
+
+    from fracture import resume, runkind
+
+    plan = {"members": sorted(str(r.path.resolve()) for r in members.values()), "tta": tta, "threshold": str(chosen)}
+    if out_dir.exists() and force:
+        log.info("--force: replacing %s", out_dir)
+        shutil.rmtree(out_dir)
+    elif out_dir.exists():
+        if resume.is_complete(out_dir):
+            raise FractureError(f"ensemble {out_dir} is already complete: pick another --name, or pass --force to "
+                                "replace it")
+        info = runkind.read(out_dir)
+        if info.get("kind") != "ensemble" or info.get("plan") != plan:
+            raise FractureError(f"{out_dir} exists and holds {'another ensemble' if info.get('kind') == 'ensemble' else 'something else'}"
+                                f": pick another --name, or pass --force to replace it")
+        log.info("finishing the interrupted ensemble %s", out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runkind.write(out_dir, "ensemble", command, plan=plan)
+
+
+def _build(members: dict, cfg, out_dir: Path, tta: str) -> Path:
+    from fracture import fileio, resume
+    from fracture.evaluate import choose_threshold, save_plots, score_frame
 
     frames = {split: average({n: member_probabilities(r, split, tta) for n, r in members.items()})
               for split in ("val", "test")}
@@ -119,7 +158,6 @@ def build(runs, tta: str = "none", threshold: str | float | None = None, name: s
         value, rule = float(cfg.threshold), "fixed"
     metrics = {"run": cfg.run_name, "kind": "ensemble", "members": list(members), "tta": tta, "threshold": value,
                "threshold_rule": rule, "counts": {s: int(len(f)) for s, f in frames.items()}}
-    out_dir.mkdir(parents=True)
     for split, frame in frames.items():
         if frame.empty:
             continue
@@ -154,7 +192,11 @@ def _threshold_setting(members: dict, threshold) -> str | float:
 def cli_ensemble(args) -> None:
     from fracture.evaluate import format_table
 
-    out_dir = build(args.runs, args.tta, args.threshold, args.name, args.runs_dir)
+    from fracture import portable
+
+    runs, overrides = portable.split_overrides(args.runs)  # `--runs A B data_dir=...` reads as intended
+    out_dir = build(runs, args.tta, args.threshold, args.name, args.runs_dir, force=args.force,
+                    overrides=[*getattr(args, "overrides", []), *overrides])
     metrics = json.loads((out_dir / "metrics.json").read_text())
     print(f"ensemble of {', '.join(metrics['members'])} (tta: {metrics['tta']}), threshold {metrics['threshold']:.3f} "
           f"({metrics['threshold_rule']}):")

@@ -217,7 +217,8 @@ def choose_threshold(frame: pd.DataFrame, cfg) -> tuple[float, str]:
     return threshold, f"{rule}, study level"
 
 
-def evaluate(run_or_path, cfg=None, split: str = "val", write: bool = True) -> dict:
+def evaluate(run_or_path, cfg=None, split: str = "val", write: bool = True, show=None,
+             mlflow_run: str | None = None) -> dict:
     """Re-evaluate a saved run (path or Run) on a split of its data; returns the scores and,
     with write=True, stores them in the run's metrics.json under `split`.
 
@@ -226,12 +227,18 @@ def evaluate(run_or_path, cfg=None, split: str = "val", write: bool = True) -> d
     The test split is the final, held-out report: stored with `final: true`, the time, and how
     often it was evaluated; a second evaluation warns (choosing anything by test biases it).
     threshold=auto takes the threshold chosen on validation (choosing it first when missing).
+
+    show(scores), when given, is called before anything is written, so the scores reach the user
+    even when the run folder cannot be written (that is then a StorageError saying so).
+    mlflow_run: see tracking.log_evaluation (a copied run folder logs to MLflow only when asked).
     """
+    from fracture import portable
     from fracture.data import load_index, split_arrays
     from fracture.model import Run, load_run
 
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
     cfg = cfg or run.config
+    portable.require_data(cfg, run.path, "evaluate")
     if cfg.deterministic:  # the run's predictions repeat exactly, as its training did
         from fracture import determinism
 
@@ -267,19 +274,36 @@ def evaluate(run_or_path, cfg=None, split: str = "val", write: bool = True) -> d
         scores.update(final=True, evaluated=datetime.now().isoformat(timespec="seconds"),
                       evaluations=previous + 1)
     log.debug("%s split of %s:\n%s", split, run.name, format_table(scores))  # callers show it
+    if show is not None:
+        show(scores)
     if write:
-        stored[split] = scores
-        with atomic_path(run.path / f"predictions_{split}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
-        atomic_write_text(run.path / "metrics.json", json.dumps(stored, indent=2))
-        run.metrics = stored
-        save_plots(None, frame, scores, run.path / "plots", threshold, split)
-        from fracture import tracking
-
-        if tracking.log_evaluation(run.path, stored, split, [run.path / f"predictions_{split}.csv",
-                                                             run.path / "metrics.json"]):
-            tracking.log_artifacts(run.path, [run.path / "plots" / split], artifact_path="plots")
+        _store(run, stored, scores, frame, split, threshold, mlflow_run)
     return scores
+
+
+def _store(run, stored: dict, scores: dict, frame: pd.DataFrame, split: str, threshold: float,
+           mlflow_run: str | None) -> None:
+    """predictions_<split>.csv, metrics.json and plots into the run folder (locked), then MLflow."""
+    from fracture import diskspace, runlock, tracking
+
+    stored[split] = scores
+    try:
+        with runlock.hold(run.path, f"evaluate --split {split}"):
+            with atomic_path(run.path / f"predictions_{split}.csv") as tmp:
+                frame.to_csv(tmp, index=False)
+            atomic_write_text(run.path / "metrics.json", json.dumps(stored, indent=2))
+            save_plots(None, frame, scores, run.path / "plots", threshold, split)
+    except (OSError, diskspace.StorageError) as exc:
+        storage = diskspace.storage_error(exc, getattr(exc, "filename", None) or run.path)
+        if storage is None:
+            raise
+        raise diskspace.StorageError(f"the {split} scores were computed but not stored in {run.path} "
+                                     f"({storage})") from exc
+    run.metrics = stored
+    if tracking.log_evaluation(run.path, stored, split, [run.path / f"predictions_{split}.csv",
+                                                         run.path / "metrics.json"], mlflow_run=mlflow_run):
+        tracking.log_artifacts(run.path, [run.path / "plots" / split], artifact_path="plots",
+                               mlflow_run=mlflow_run)
 
 
 # --------------------------------------------------------------------------------------------

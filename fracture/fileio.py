@@ -8,6 +8,11 @@ The temporary file sits in the target's folder (os.replace is atomic only within
 and keeps the target's suffixes, because Keras and matplotlib choose the format by extension.
 It is a dot-file named `.<name>.partial-XXXX<suffixes>`, so `remove_partials` can sweep what a
 killed process left, and globs such as `*/model.keras` never see it.
+
+The new file gets the mode an ordinary `open(path, "w")` would give it (the old file's mode, or
+0666 less the umask): mkstemp's private 0600 would hide a shared run from the rest of the lab.
+A full disk, a read-only folder or a denied permission becomes one `diskspace.StorageError`
+naming the file (the temporary file is removed, the old file stays).
 """
 
 from __future__ import annotations
@@ -40,21 +45,52 @@ def fsync_file(path) -> None:
         os.fsync(f.fileno())
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (/proc on Linux):
+    os.umask can only be read by setting it, which races with other threads creating files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_mode(path) -> int:
+    """The permission bits `open(path, "w")` would leave: the existing file's, else 0666 less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one step.
-    On any error (or a kill) `path` keeps its old content; the temporary file is removed on errors."""
+    On any error (or a kill) `path` keeps its old content; the temporary file is removed on errors.
+    No space, a read-only folder or a denied permission raise `diskspace.StorageError` naming `path`."""
+    from fracture import diskspace
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{PARTIAL}", suffix="".join(path.suffixes))
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{PARTIAL}", suffix="".join(path.suffixes))
+        os.close(fd)
+        tmp = Path(tmp)
+        os.chmod(tmp, ordinary_mode(path))
         yield tmp
         fsync_file(tmp)  # the data reaches the disk before the name points at it
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        storage = diskspace.storage_error(exc, path)
+        if storage is not None:
+            raise storage from exc
         raise
     fsync_dir(path.parent)
 

@@ -428,8 +428,10 @@ def _completed_at(run_dir: Path) -> float:
 
 
 def load_run(path=None, runs_dir="saved_models") -> Run:
+    from fracture import portable
+
     path = find_run(path, runs_dir)
-    cfg = config_lib.load(path / "config.yaml", stored=True)
+    cfg = portable.resolve(config_lib.load(path / "config.yaml", stored=True), path)
     metrics_file = path / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     return Run(path=path, model=load_model(path / "model.keras"), config=cfg, metrics=metrics)

@@ -56,7 +56,13 @@ def check(cfg) -> pd.DataFrame:
     """Validate `cfg` and index its data; returns the image table that training will use."""
     from fracture.data import load_index
 
+    from fracture import diskspace
+
     config_lib.validate(cfg)  # a Config built in code, not through load(), is checked too
+    # A read-only, full-permission-denied or impossible folder fails here, not after the model is built.
+    diskspace.check_writable_folder(cfg.runs_dir, "runs_dir")
+    if cfg.cache_dir:
+        diskspace.check_writable_folder(cfg.cache_dir, "cache_dir")
     if weights_source(cfg.weights) == "file":
         check_weights_file(cfg.weights)
     frame = load_index(cfg)

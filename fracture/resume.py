@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 from fracture import config as config_lib
-from fracture import fileio
+from fracture import diskspace, fileio
 from fracture.errors import ConfigError, FractureError
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,11 @@ def is_incomplete(run_dir) -> bool:
 
 
 def resume_hint(run_dir) -> str:
+    from fracture import runkind
+
+    command = runkind.resume_command(run_dir)
+    if command:  # a cv or ensemble folder: training into it would put an unrelated model there
+        return f"rerun the command that started it to finish it: `{command}`"
     return (f"rerun the command that started it to resume, e.g. `python -m fracture train --config "
             f"{Path(run_dir) / 'config.yaml'}`")
 
@@ -126,23 +131,40 @@ def fresh_state() -> dict:
 
 def cut_history(path, epochs: int) -> int:
     """Keep the header and the rows of the first `epochs` epochs of a CSVLogger file; later rows
-    come from an epoch that was not committed and will be redone. Cut in place (not replaced), so a
-    CSVLogger that already opened the file for appending goes on appending to it. Returns rows kept."""
+    come from an epoch that was not committed and will be redone. Rewritten in place (not replaced),
+    so a CSVLogger that already opened the file for appending goes on appending to it. Returns rows kept.
+
+    Debris is repaired, never fatal: a row cut short by a kill, a repeated header or a repeated
+    epoch (left by two processes that once wrote one folder) are dropped."""
     path = Path(path)
     if not path.is_file():
         return 0
     with open(path, "rb+") as f:
         lines = f.readlines()
-        keep, rows = 0, 0
-        for i, line in enumerate(lines):
-            if not line.endswith(b"\n"):
-                break  # a row cut short by a kill
-            if i > 0:
-                if rows >= epochs or int(line.split(b",", 1)[0]) != rows:
-                    break
-                rows += 1
-            keep += len(line)
-        f.truncate(keep)
+        if not lines or not lines[0].endswith(b"\n"):
+            f.truncate(0)  # not even a whole header: CSVLogger writes a new one
+            return 0
+        kept, rows = [lines[0]], 0
+        for line in lines[1:]:
+            if not line.endswith(b"\n") or rows >= epochs:
+                break  # a row cut short by a kill, or an epoch after the commit
+            if line == lines[0]:
+                continue  # a repeated header
+            try:
+                epoch = int(line.split(b",", 1)[0])
+            except ValueError:
+                break  # a garbled row: it and what follows are redone
+            if epoch < rows:
+                continue  # the same epoch written twice
+            if epoch != rows:
+                break
+            kept.append(line)
+            rows += 1
+        content = b"".join(kept)
+        if content != b"".join(lines):
+            f.seek(0)
+            f.write(content)
+            f.truncate(len(content))
     return rows
 
 
@@ -177,6 +199,49 @@ def check_same_config(run_dir, cfg) -> None:
 # --------------------------------------------------------------------------------------------
 # Keras callbacks
 # --------------------------------------------------------------------------------------------
+def checkpoint_bytes(model) -> int:
+    """Room one epoch needs in backup/: weights and optimizer slots (up to two per weight, Adam)
+    in the commit, and the weights once more in a best model."""
+    return 4 * diskspace.model_bytes(model)
+
+
+def nonfinite_message(run_dir, cfg, state: dict) -> str:
+    return (f"the training loss of {Path(run_dir).name} became NaN or infinite in epoch {state['nonfinite_epoch']}, "
+            f"so training stopped there. The likely cause is a learning rate too high for this model and data "
+            f"(learning_rate={cfg.learning_rate}, optimizer={cfg.optimizer}): try a tenth of it.")
+
+
+def _finite(logs, *keys) -> bool:
+    return all(np.isfinite(float(np.asarray(logs[k]))) for k in keys if logs and k in logs and logs[k] is not None)
+
+
+class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
+    """TerminateOnNaN that says which epoch and why; RunBackup records the epoch in the commit
+    (`nonfinite_epoch`, with stopped=true), so a rerun goes straight to the final stage instead
+    of training into the same NaN again."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _finite(logs, "loss"):
+            self.model.stop_training = True
+        if self.model.stop_training and not _finite(logs, "loss"):
+            log.error("loss is %s in epoch %d: training stops (learning rate too high?)", (logs or {}).get("loss"),
+                      epoch + 1)
+
+
+def _save_or_storage_error(save, path: Path, needed: int, what: str) -> None:
+    """`save()` writes `path` (a Keras/h5py file) only when it fits; an out-of-space or permission
+    error during the write leaves no partial file under that name and becomes a StorageError."""
+    diskspace.require_free(path.parent, needed, what)
+    try:
+        save()
+    except BaseException as exc:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        raise diskspace.storage_error(exc, path, needed) or exc
+
+
 class BestModel(keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint (val_auc, best only) into backup/best-NNNN.keras that remembers the epoch it saved.
 
@@ -189,8 +254,12 @@ class BestModel(keras.callbacks.ModelCheckpoint):
         self.best_epoch = None
 
     def _save_model(self, epoch, batch, logs):
+        if not _finite(logs, "loss", "val_loss"):
+            return  # a NaN model can score a val_auc (all ties), but must never become the best one
         before = self.best
-        super()._save_model(epoch, batch, logs)
+        path = Path(self._get_file_path(epoch, batch, logs))
+        _save_or_storage_error(lambda: super(BestModel, self)._save_model(epoch, batch, logs), path,
+                               diskspace.model_bytes(self.model), f"the best model of epoch {epoch + 1}")
         if self.best is not before:  # ModelCheckpoint rebinds `best` exactly when it saves
             self.best_epoch = epoch + 1
 
@@ -283,6 +352,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         self._current_epoch = epoch + 1
         self.state = self._next_state(epoch)
+        if not _finite(logs, "loss"):
+            self.state.update(stopped=True, nonfinite_epoch=epoch + 1)
         self._commit(epoch + 1)
 
     def _next_state(self, epoch: int) -> dict:
@@ -303,11 +374,16 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         final = backup / f"epoch-{epochs_done:04d}"
         partial = backup / f"epoch-{epochs_done:04d}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        self.model.save_weights(str(partial / WEIGHTS), overwrite=True)
-        (partial / STATE).write_text(json.dumps(self.state, indent=2))
-        for name in (WEIGHTS, STATE):
-            fileio.fsync_file(partial / name)
+
+        def write():
+            partial.mkdir(parents=True)
+            self.model.save_weights(str(partial / WEIGHTS), overwrite=True)
+            (partial / STATE).write_text(json.dumps(self.state, indent=2))
+            for name in (WEIGHTS, STATE):
+                fileio.fsync_file(partial / name)
+
+        _save_or_storage_error(write, partial, checkpoint_bytes(self.model) - diskspace.model_bytes(self.model),
+                               f"the checkpoint of epoch {epochs_done}")
         if self.state["best_model"]:
             fileio.fsync_file(backup / self.state["best_model"])
         shutil.rmtree(final, ignore_errors=True)  # only a leftover from a redone epoch can be there

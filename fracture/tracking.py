@@ -33,7 +33,7 @@ from fracture.errors import FractureError
 
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "mlflow_run_id.txt"  # line 1: run id, line 2: tracking URI
+RUN_ID_FILE = "mlflow_run_id.txt"  # line 1: run id, line 2: tracking URI, line 3: the run folder it was written in
 LOCAL_DB = "mlflow.db"  # the default store, relative to the working directory
 RUN_FILES = ["config.yaml", "model_summary.txt", "history.csv", "metrics.json", "predictions_val.csv",
              "predictions_test.csv", "skipped.csv"]
@@ -157,6 +157,25 @@ def read_run_id(run_dir) -> tuple[str, str] | None:
         return None
     lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return (lines[0], lines[1] if len(lines) > 1 else tracking_uri()) if lines else None
+
+
+def recorded_folder(run_dir) -> str | None:
+    """The run folder mlflow_run_id.txt was written in (line 3), or None for older files."""
+    path = Path(run_dir) / RUN_ID_FILE
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return lines[2] if len(lines) > 2 else None
+
+
+def moved_from(run_dir) -> str | None:
+    """The folder this run was recorded in, when that is not `run_dir` (the folder was copied or moved)."""
+    recorded = recorded_folder(run_dir)
+    return recorded if recorded and recorded != str(Path(run_dir).resolve()) else None
+
+
+def write_run_id(run_dir, run_id: str, uri: str) -> None:
+    from fracture.fileio import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / RUN_ID_FILE, f"{run_id}\n{uri}\n{Path(run_dir).resolve()}\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +388,7 @@ def split_metric_values(metrics: dict, splits) -> dict[str, float]:
     return values
 
 
-def log_evaluation(run_dir, metrics: dict, split: str, paths) -> bool:
+def log_evaluation(run_dir, metrics: dict, split: str, paths, mlflow_run: str | None = None) -> bool:
     """After `evaluate`: the split's metrics (and files) into the run's MLflow run, if it has one."""
     def log_metrics(client, run_id):
         from mlflow.entities import Metric
@@ -382,8 +401,8 @@ def log_evaluation(run_dir, metrics: dict, split: str, paths) -> bool:
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0, model_id=m)
                                           for m in [None, *models] for k, v in values.items()])
 
-    return (_on_recorded_run(run_dir, f"the {split} metrics", log_metrics)
-            and log_artifacts(run_dir, [p for p in map(Path, paths) if p.is_file()]))
+    return (_on_recorded_run(run_dir, f"the {split} metrics", log_metrics, mlflow_run)
+            and log_artifacts(run_dir, [p for p in map(Path, paths) if p.is_file()], mlflow_run=mlflow_run))
 
 
 def model_signature(model):
@@ -448,7 +467,7 @@ def start(cfg, run_dir, frame=None) -> MlflowTracker | None:
             client.log_batch(run_id, params=params, tags=tags)
             if frame is not None and len(frame):
                 client.log_inputs(run_id, datasets=[dataset_input(cfg, frame)])
-        (run_dir / RUN_ID_FILE).write_text(f"{run_id}\n{uri}\n")
+        write_run_id(run_dir, run_id, uri)
     except Exception as exc:  # unreachable server, bad URI, locked database...
         log.warning("MLflow tracking is off for this run: cannot use the store %s (%s: %s); training goes on "
                     "and the run folder is complete without it", uri, type(exc).__name__, exc)
@@ -476,6 +495,9 @@ def _reopen(client, run_dir: Path, uri: str) -> tuple[str | None, set]:
     recorded = read_run_id(run_dir)
     if recorded is None or recorded[1] != uri:
         return None, set()
+    if moved_from(run_dir):  # a copy must not continue (and overwrite) the original's MLflow run
+        log.warning("%s was recorded in %s: this copy gets its own MLflow run", run_dir, moved_from(run_dir))
+        return None, set()
     try:
         run = client.get_run(recorded[0])
     except Exception:  # deleted from the store: start a new run
@@ -487,7 +509,7 @@ def _reopen(client, run_dir: Path, uri: str) -> tuple[str | None, set]:
 # --------------------------------------------------------------------------------------------
 # adding files later (CAM panels), from any process
 # --------------------------------------------------------------------------------------------
-def log_artifacts(run_dir, paths, artifact_path: str | None = None) -> bool:
+def log_artifacts(run_dir, paths, artifact_path: str | None = None, mlflow_run: str | None = None) -> bool:
     """Add files or folders to the MLflow run that `run_dir` recorded (no-op for untracked runs).
 
     For work done after training, e.g. CAM panels: reopens the run by the id in mlflow_run_id.txt.
@@ -500,16 +522,26 @@ def log_artifacts(run_dir, paths, artifact_path: str | None = None) -> bool:
             else:
                 client.log_artifact(run_id, str(path), artifact_path)
 
-    return _on_recorded_run(run_dir, artifact_path or "files", add)
+    return _on_recorded_run(run_dir, artifact_path or "files", add, mlflow_run)
 
 
-def _on_recorded_run(run_dir, what: str, action) -> bool:
+def _on_recorded_run(run_dir, what: str, action, mlflow_run: str | None = None) -> bool:
     """action(client, run_id) on the MLflow run that `run_dir` recorded: False for an untracked run,
-    and False with one warning (never an exception) when MLflow fails."""
+    and False with one warning (never an exception) when MLflow fails.
+
+    A run folder that was copied or moved (recorded in another folder) would write into the
+    original's MLflow run: only with mlflow_run ("recorded", or another run id) does it."""
     recorded = read_run_id(run_dir)
     if recorded is None:
         return False
     run_id, uri = recorded
+    if mlflow_run is None and moved_from(run_dir):
+        log.warning("%s was recorded in MLflow as %s (run %s): this folder is a copy or was moved, so %s stays out "
+                    "of MLflow. Pass --mlflow-run to log it to that run anyway (or --mlflow-run RUN_ID)", run_dir,
+                    moved_from(run_dir), run_id, what)
+        return False
+    if mlflow_run not in (None, "recorded"):
+        run_id = mlflow_run
     try:
         from mlflow import MlflowClient
 

@@ -154,7 +154,7 @@ def make_callbacks(cfg, run_dir: Path) -> list:
         # Multiply the current rate (not the initial one) so a plateau reduction sticks; the rate is
         # part of the optimizer state the backup restores, so a resumed run continues the decay.
         keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr if epoch == 0 else lr * gamma),
-        keras.callbacks.TerminateOnNaN(),
+        resume.StopOnNonFinite(),  # the loss went NaN/inf: stop, keep the best finite epoch
         *[cb for cb in (early, plateau, target) if cb is not None],
         # After the callbacks above, so the row includes what they added (learning_rate).
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
@@ -171,8 +171,7 @@ def train(cfg) -> Path:
     frame = preflight.check(cfg)  # before Keras is imported and before any folder exists
     import keras
 
-    from fracture import distribute, fileio, resume
-    from fracture.model import build_model, summary_text
+    from fracture import distribute
 
     dist = distribute.setup(cfg)  # first: a multi-worker strategy must exist before any TensorFlow op
     keras.utils.set_random_seed(cfg.seed)
@@ -182,6 +181,19 @@ def train(cfg) -> Path:
         determinism.enable(cfg.seed)
     run_dir = new_run_dir(cfg)
     cfg = dataclasses.replace(cfg, run_name=run_dir.name)  # the caller's cfg stays as it was
+    if not dist.is_chief:  # the chief alone writes (and locks) the run folder
+        return _train(cfg, run_dir, frame, dist)
+    from fracture import runlock
+
+    with runlock.hold(run_dir, "train"):  # a second train of this run_name stops here, touching nothing
+        return _train(cfg, run_dir, frame, dist)
+
+
+def _train(cfg, run_dir: Path, frame: pd.DataFrame, dist) -> Path:
+    from fracture import diskspace, fileio, resume, runkind
+    from fracture.model import build_model, summary_text
+
+    runkind.refuse_other_kind(run_dir, "train")
     if resume.is_complete(run_dir):
         if (run_dir / resume.MARKER).is_file():
             resume.remove_backup(run_dir)  # left by a kill between the marker and this removal
@@ -199,6 +211,8 @@ def train(cfg) -> Path:
             dist.close()
         log.info("worker %d done; the chief writes %s", dist.worker_index, run_dir)
         return run_dir
+    # One commit (weights + optimizer state) and one best model must fit before epoch 1 is paid for.
+    diskspace.require_free(cfg.runs_dir, resume.checkpoint_bytes(model), "one checkpoint of this model")
     run_dir.mkdir(parents=True, exist_ok=True)
     fileio.remove_partials(run_dir)
     cfg.to_yaml(run_dir / "config.yaml")
@@ -280,7 +294,14 @@ def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dic
     from fracture.model import count_params, load_model
 
     if not state["best_model"]:
+        if state.get("nonfinite_epoch"):
+            raise FractureError(resume.nonfinite_message(run_dir, cfg, state) + " No earlier epoch was finite, so "
+                                f"there is no model to keep: start again with a lower learning_rate and a new "
+                                f"run_name (or delete {run_dir})")
         raise FractureError(f"no epoch of {run_dir.name} produced a val_auc to pick the best model by")
+    if state.get("nonfinite_epoch"):
+        log.warning("%s The run is completed from its best finite epoch, %d.", resume.nonfinite_message(
+            run_dir, cfg, state), state["best_epoch"])
     fileio.atomic_copy(run_dir / resume.BACKUP / state["best_model"], run_dir / "model.keras")
     history = pd.read_csv(run_dir / "history.csv")
     best = load_model(run_dir / "model.keras")
@@ -299,6 +320,8 @@ def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dic
         "skipped_files": int(len(skipped)),
         "machine": machine.describe(),  # CPU, cores, backend, versions, commit: what made these numbers
     }
+    if state.get("nonfinite_epoch"):
+        metrics["nonfinite_epoch"] = int(state["nonfinite_epoch"])  # training stopped there (NaN/inf loss)
     # Selection uses validation only: the best epoch (above), the threshold and these scores. The
     # test split is the final report, evaluated once afterwards by `python -m fracture evaluate`.
     val_frame, val_images, _ = arrays["val"]

@@ -66,7 +66,7 @@ def test_two_tensorflow_workers_end_with_the_same_weights_and_one_run_folder(syn
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     # The weights moved: the workers agree on a trained model, not on an untouched one.
     assert json.loads((tmp_path / "w0.npz.json").read_text())["loss"]
-    runs = [p for p in (tmp_path / "runs").iterdir()]
+    runs = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]  # .mw.lock: fracture/runlock.py
     assert [p.name for p in runs] == ["mw"]
     assert (runs[0] / "complete.json").is_file() and (runs[0] / "model.keras").is_file()
     assert "worker 1 of 2" in (tmp_path / "worker1.log").read_text()

@@ -121,7 +121,8 @@ def local_run(train_data, tmp_path_factory):
 
 
 def test_local_store_holds_params_epoch_metrics_final_metrics_tags_and_artifacts(local_run):
-    assert (local_run.run_dir / tracking.RUN_ID_FILE).read_text() == f"{local_run.run_id}\n{local_run.uri}\n"
+    assert (local_run.run_dir / tracking.RUN_ID_FILE).read_text() == \
+        f"{local_run.run_id}\n{local_run.uri}\n{local_run.run_dir.resolve()}\n"  # line 3: where it was recorded
     run = local_run.client.get_run(local_run.run_id)
     assert run.data.tags["skipped_files"] == "1" and int(run.data.tags["train_images"]) > 0
     assert "trainable_params" not in run.data.metrics and "frozen_params" not in run.data.metrics
@@ -340,7 +341,7 @@ def test_training_against_a_real_mlflow_server(mlflow_server, train_data, tmp_pa
     run_dir = fr.train(tracked_config(tmp_path, train_data, run_name="served"))
     fr.evaluate(run_dir, split="test")
     run_id = check_run_matches_folder(MlflowClient(mlflow_server), run_dir, epochs=1)
-    assert (run_dir / tracking.RUN_ID_FILE).read_text() == f"{run_id}\n{mlflow_server}\n"
+    assert (run_dir / tracking.RUN_ID_FILE).read_text() == f"{run_id}\n{mlflow_server}\n{run_dir.resolve()}\n"
     assert list((tmp_path / "server_artifacts").rglob("model.keras"))  # uploaded through the server
 
 

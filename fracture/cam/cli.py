@@ -31,8 +31,17 @@ def cli_cam(args) -> None:
 
     methods = check_methods(_split(args.methods))
     check_look(args.colormap, args.alpha, args.scale)  # before the model loads: a typo answers at once
+    from fracture import portable
+
     layers = _split(args.layers)
+    images, overrides = portable.split_overrides(args.images)  # `--images a.png data_dir=...` reads as meant
+    args.images = images
     run = load_run(args.run)
+    overrides = [*getattr(args, "overrides", []), *overrides]
+    if overrides:  # e.g. data_dir=... for data that moved since training
+        run.config = portable.with_overrides(run, overrides)
+    if args.evaluate or getattr(args, "sanity", False) or not args.images:  # these read the run's data
+        portable.require_data(run.config, run.path, "cam")
     for name in layers:
         spatial_layer(run.model, name)
     if getattr(args, "sanity", False):

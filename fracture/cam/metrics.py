@@ -307,5 +307,31 @@ def boxes_by_path(cfg) -> dict:
     from fracture.synth import load_boxes
 
     boxes = load_boxes(find_mura_root(cfg.data_dir))
-    return {str(Path(p).resolve()): (x0, y0, x1, y1)
-            for p, x0, y0, x1, y1 in boxes[["path", "x0", "y0", "x1", "y1"]].itertuples(index=False)}
+    return BoxIndex({str(Path(p).resolve()): (x0, y0, x1, y1)
+                     for p, x0, y0, x1, y1 in boxes[["path", "x0", "y0", "x1", "y1"]].itertuples(index=False)})
+
+
+class BoxIndex(dict):
+    """{resolved path: box} that also finds an image of the dataset named another way: another copy
+    of the tree, a symlinked or moved folder. Within a MURA tree the last five parts of a path
+    (split/XR_TYPE/patient/study/image) name one image, so they are the fallback key."""
+
+    TAIL = 5
+
+    def __init__(self, boxes: dict):
+        super().__init__(boxes)
+        self.by_tail = {Path(p).parts[-self.TAIL:]: box for p, box in boxes.items()}
+
+    def _tail(self, key):
+        return Path(str(key)).parts[-self.TAIL:]
+
+    def __contains__(self, key):
+        return super().__contains__(key) or self._tail(key) in self.by_tail
+
+    def __getitem__(self, key):
+        return super().__getitem__(key) if super().__contains__(key) else self.by_tail[self._tail(key)]
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
