@@ -62,7 +62,10 @@ def inference_model(model):
             return keras.layers.Rescaling(scale=(1 / sd).tolist(), offset=(-mean / sd).tolist(), name=layer.name)
         return layer  # the trained layer itself: its weights are shared, not copied
 
-    return keras.models.clone_model(model, clone_function=clone)
+    cloned = keras.models.clone_model(model, clone_function=clone)
+    # Keras exports only a model that has been called once (it traces that call's signature).
+    cloned(np.zeros((1, *model.input_shape[1:]), np.float32), training=False)
+    return cloned
 
 
 def export_path(run_dir, fmt: str) -> Path:

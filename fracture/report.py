@@ -407,7 +407,8 @@ def intended_use_section(run, synthetic: bool) -> Section:
 
 
 def reproducibility_section(run) -> Section:
-    from fracture.tracking import git_commit, read_run_id
+    from fracture.machine import git_commit
+    from fracture.tracking import read_run_id
 
     cfg = run.config
     commit, dirty = git_commit()

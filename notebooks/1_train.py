@@ -63,7 +63,7 @@ import pandas as pd
 import fracture as fr
 from fracture import notebook as nb
 from fracture import plots
-from fracture.evaluate import format_study_type_table, format_table
+from fracture.evaluate import format_table
 from fracture.train import class_weights
 
 cfg = nb.config(profile, config_file, data_dir=data_dir, image_size=image_size, epochs=epochs,
@@ -185,17 +185,6 @@ scores, now = nb.final_test_scores(run)
 print(("evaluated the test split now" if now else "the test split was already evaluated")
       + f" ({scores['evaluated']}, {scores['evaluations']} evaluation(s)); threshold {scores['threshold']:g}")
 print(format_table(scores))
-
-# %% [markdown]
-# **By study type.** A run over several MURA study types (`study_type=all`, or a list such as
-# `XR_HUMERUS,XR_SHOULDER`) also scores each type on its own (`by_study_type` in `metrics.json`:
-# image and study level, every metric with its interval). It is laid out as the MURA paper's
-# Table 2: one row per type, study-level kappa with its 95 % interval, the paper's model beside it.
-# The paper's test set is another one (207 studies read by radiologists), so the comparison is a
-# reference point, not a like-for-like result. A run on one study type has no such table.
-
-# %% tags=["nbval-ignore-output"]
-print(format_study_type_table(scores) or "one study type in this run: no per-type table")
 
 # %% [markdown]
 # ROC and precision-recall curves at both levels, with the operating point at the run's threshold
