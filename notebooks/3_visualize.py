@@ -170,7 +170,7 @@ table
 # the ceiling for that layer's rows. The same table is stored next to the run as `cam_eval.csv`.
 # You should see the two baselines, the table's columns and `True`.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 print("baselines:", sorted(set(table["method"]) - set(methods)))
 print(sorted(table.columns), (loaded.path / "cam_eval.csv").is_file())
 
