@@ -359,7 +359,7 @@ def _save_flavor(model, local: Path, logged, run_id: str, run_dir: Path) -> None
         size = tuple(int(d) for d in model.inputs[0].shape[1:])
         # A uniform mid-gray image shows the input format (uint8, as PNG pixels come); no patient's
         # pixels in an artifact that may be registered and shared.
-        example = np.full((1, *size), 128, np.uint8)
+        example = np.full((1, *size), 128, np.float32)
         local.mkdir()  # mlflow.keras.save_model writes the input example before it creates the folder
         mlflow.keras.save_model(model, str(local), mlflow_model=description, signature=signature,
                                 input_example=example, pip_requirements=requirements(),
@@ -416,7 +416,11 @@ def model_signature(model):
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1))]))
+    # mlflow.keras.save_model needs an input schema (inputs=None failed inside it: "'NoneType' object
+    # has no attribute 'inputs'"), so the input is declared as float32 pixels; uint8 callers cast.
+    shape = (-1, *(int(d) for d in model.inputs[0].shape[1:]))
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), shape)]),
+                          outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1))]))
 
 
 def input_metadata(model) -> dict:

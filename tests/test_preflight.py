@@ -35,8 +35,10 @@ def test_bad_training_config_fails_fast_with_one_line_and_no_folder(tmp_path, sy
     not_h5 = tmp_path / "weights.h5"
     not_h5.write_text("this is not HDF5")
     runs = tmp_path / "runs"
-    args = ["train", f"data_dir={synth_root}", f"runs_dir={runs}", f"cache_dir={tmp_path / 'cache'}",
-            "mlflow=false", override.format(not_h5=not_h5)]
+    override = override.format(not_h5=not_h5)
+    base = [f"data_dir={synth_root}", f"runs_dir={runs}", f"cache_dir={tmp_path / 'cache'}", "mlflow=false"]
+    # A key given twice is an error of its own, so the override replaces the base setting.
+    args = ["train", *[a for a in base if a.split("=")[0] != override.split("=")[0]], override]
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr

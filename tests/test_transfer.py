@@ -13,7 +13,7 @@ from fracture.train import compile_model
 from tests.test_weights import stored_weights
 
 TINY = dict(image_size=32, dense_units=[16, 8, 4], flip=False, rotation=0, zoom=0, translate=0,
-            learning_rate=1e-2, batch_size=4)
+            learning_rate=1e-2, batch_size=4, trainable_layers=-1)
 
 
 def cfg_of(**overrides):
