@@ -209,13 +209,11 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
     def score(method, layer, maps, redraw=None):
         """One table row; `redraw()` gives more maps to average pointing and energy over."""
         started = time.perf_counter()
-        deletion, insertion = [np.full(len(x), np.nan, np.float32)], [np.full(len(x), np.nan, np.float32)]
-        if steps:  # steps=0: localization only, the faithfulness curves are left out (NaN)
-            deletion, insertion = [], []
-        for i in range(0, len(x) if steps else 0, batch_size):
-            d, ins = deletion_insertion(run.model, x[i:i + batch_size], maps[i:i + batch_size], steps)
-            deletion.append(d)
-            insertion.append(ins)
+        deletion = insertion = [np.full(len(x), np.nan, np.float32)]  # steps=0: localization only (NaN)
+        if steps:
+            curves = [deletion_insertion(run.model, x[i:i + batch_size], maps[i:i + batch_size], steps)
+                      for i in range(0, len(x), batch_size)]
+            deletion, insertion = [d for d, _ in curves], [ins for _, ins in curves]
         drawn = [maps] + [redraw() for _ in range(RANDOM_DRAWS - 1 if redraw else 0)]
         hits = [pointing_game(m, boxes).mean() for m in drawn]
         energy = [energy_in_box(m, boxes).mean() for m in drawn]
