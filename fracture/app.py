@@ -376,6 +376,7 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         info["max_upload_mb"] = round(app.config["MAX_CONTENT_LENGTH"] / 1024 / 1024, 3)
         info["max_pixels"] = app.config["MAX_PIXELS"]
         info["max_study_images"] = app.config["MAX_STUDY_IMAGES"]
+        info["cam_alpha"] = CAM_ALPHA  # the page's opacity slider starts here (one source: cam.draw.ALPHA)
         if report_file():
             info["report"] = "report"  # relative: works behind a path prefix too
         return jsonify(info)

@@ -20,6 +20,7 @@ import pytest
 
 from fracture.testing import free_port, stop_server, wait_until_healthy
 from fracture.errors import FractureError
+from fracture.cam.draw import ALPHA as OVERLAY_ALPHA  # the weight cam_png is drawn with
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a server subprocess that loads and warms up a model
 
@@ -145,7 +146,9 @@ def test_upload_predict_slide_the_opacity_and_read_the_legend(browser, server, x
 
     # the opacity slider changes the heatmap's opacity in the browser (no request to the server)
     opacity = "() => getComputedStyle(document.getElementById('overlay')).opacity"
-    assert page.evaluate(opacity) == "0.4"
+    # it starts at the server's overlay weight (sent by /api/model), as cam_png is drawn
+    page.wait_for_function(f"() => document.getElementById('opacity').value === '{round(OVERLAY_ALPHA * 100)}'")
+    assert float(page.evaluate(opacity)) == pytest.approx(OVERLAY_ALPHA)
     requests_before = len(page.outside)
     page.focus("#opacity")
     page.keyboard.press("End")

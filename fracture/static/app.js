@@ -52,6 +52,10 @@ async function loadModelInfo() {
     $("model-info").textContent =
       `Run ${info.run} · ${info.backbone} at ${info.image_size} px · threshold ${percent(info.threshold)}` +
       (auc != null ? ` · test study AUC ${auc.toFixed(3)}` : "");
+    if (info.cam_alpha != null) {  // the server's overlay weight, so the page starts as cam_png looks
+      $("opacity").value = String(Math.round(info.cam_alpha * 100));
+      $("opacity").dispatchEvent(new Event("input"));
+    }
     const select = $("layer");
     select.replaceChildren();
     for (const name of info.cam_layers) {
