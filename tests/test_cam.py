@@ -495,6 +495,28 @@ def test_evaluate_localization_writes_the_table(run_copy):
     assert list(stored.columns) == cam.EVAL_COLUMNS and len(stored) == 4
 
 
+def test_evaluation_of_a_run_another_process_is_writing_is_refused_and_writes_nothing(run_copy):
+    """cam_eval.csv is written under the run folder's lock, as train and evaluate write theirs: a
+    live holder in another process makes `cam --evaluate` stop with RunLocked naming its PID."""
+    import subprocess
+
+    from fracture.runlock import RunLocked
+
+    target = run_copy.path / "cam_eval.csv"
+    before = target.read_bytes() if target.exists() else None
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fracture import runlock\n"
+                               "with runlock.hold(sys.argv[1], 'train'):\n print('held', flush=True)\n time.sleep(120)",
+                               str(run_copy.path)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match=f"PID {holder.pid}"):
+            cam.evaluate_localization(run_copy, ["gradcam"], ["pool4_relu"], limit=2, steps=0)
+        assert (target.read_bytes() if target.exists() else None) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_split_chooses_the_images(run_copy, monkeypatch):
     from fracture.data import load_index
 

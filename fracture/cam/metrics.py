@@ -19,6 +19,7 @@ from fracture.cam.maps import cam_maps, normalize_maps, upsample
 from fracture.cam.methods import INPUT_METHODS
 from fracture.cam.road import ROAD_COLUMNS, ROAD_IMAGES, road_row, road_scores
 from fracture.errors import DataError, FractureError
+from fracture import runlock
 from fracture.fileio import atomic_path
 from fracture.scores import probability
 
@@ -260,8 +261,9 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
         draw = random_grid(tuple(spatial_layer(run.model, layer).output.shape[1:3]))
         rows.append(score("random_grid", layer, draw(), redraw=draw))
     table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
-    with atomic_path(Path(run.path) / "cam_eval.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    with runlock.hold(run.path, "cam --evaluate"):  # one writer per run folder, as train and evaluate
+        with atomic_path(Path(run.path) / "cam_eval.csv") as tmp:
+            table.to_csv(tmp, index=False)
     # Context for the table (not in the CSV): what a perfect map on each layer's grid scores.
     table.attrs["oracle"] = {}
     for layer in layers:

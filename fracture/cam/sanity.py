@@ -33,6 +33,7 @@ import numpy as np
 
 from fracture.cam.checks import as_batch, check_methods, method_layers, spatial_layer, target_sign
 from fracture.cam.maps import layer_maps, normalize_maps, upsample
+from fracture import runlock
 from fracture.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,9 @@ def sanity_check(run, methods, layers, limit=0, split="test", target="fracture",
     x = np.stack([resize(read_gray(p, run.config.max_pixels), size) for p in paths])[..., None].astype(np.float32)
     log.info("CAM sanity check of %s on %d %s images", run.name, len(x), split)
     table, maps = cascade_scores(run.model, x, methods, layers, target, seed)
-    with atomic_path(Path(run.path) / "cam_sanity.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    with runlock.hold(run.path, "cam --sanity"):  # one writer per run folder, as train and evaluate
+        with atomic_path(Path(run.path) / "cam_sanity.csv") as tmp:
+            table.to_csv(tmp, index=False)
     fig = sanity_figure(x, maps, check_methods(methods), [layers] if isinstance(layers, str) else list(layers))
     with atomic_path(Path(run.path) / "plots" / "cam_sanity.png") as tmp:
         fig.savefig(tmp, dpi=110)
