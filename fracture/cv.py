@@ -75,6 +75,10 @@ def _cross_validate(cfg, name: str, cv_dir: Path, frame) -> tuple[Path, dict]:
         raise FractureError(f"{cv_dir} exists and is not a cross-validation folder: pick another run_name")
     cv_dir.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, run_name=name)
+    # A resumed cv skips its complete folds: with other settings it would pool folds of two
+    # trainings, so it is held to the train verb's resume rule before its config is rewritten.
+    if (cv_dir / "config.yaml").is_file():
+        resume.check_same_config(cv_dir, cfg)
     cfg.to_yaml(cv_dir / "config.yaml")
     # Written first: a hint about this unfinished folder names this command, never `train` into it.
     runkind.write(cv_dir, "cv", ["python", "-m", "fracture", "cv", "--config", str(cv_dir / "config.yaml")])

@@ -74,6 +74,25 @@ def test_cv_refuses_a_fold_and_too_many_folds_before_training(train_data, tmp_pa
     assert main(["cv", "folds=1"]) == 2 and "folds must be at least 2" in capsys.readouterr().err
 
 
+def test_a_resumed_cv_with_other_settings_is_refused_before_its_config_is_rewritten(train_data, tmp_path):
+    """Complete folds are skipped on a rerun, so a rerun with another learning rate would pool folds
+    of two trainings: it is refused naming the key, and the stored config stays as it was."""
+    import dataclasses
+
+    from fracture import runkind
+
+    cfg = tiny_config(tmp_path, train_data, folds=2, run_name="cvre")
+    cv_dir = tmp_path / "runs" / "cvre"
+    cv_dir.mkdir(parents=True)
+    cfg.to_yaml(cv_dir / "config.yaml")
+    runkind.write(cv_dir, "cv", ["python", "-m", "fracture", "cv"])
+    stored = (cv_dir / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match=r"learning_rate: .* \(stored\) != .* \(now\)"):
+        cv.cross_validate(dataclasses.replace(cfg, learning_rate=cfg.learning_rate / 2))
+    assert (cv_dir / "config.yaml").read_bytes() == stored
+    assert not (tmp_path / "runs" / "cvre-fold0").exists()  # no fold was trained
+
+
 @pytest.mark.slow
 def test_two_fold_cv_end_to_end_with_mlflow_parent_and_children(train_data, tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
