@@ -64,6 +64,8 @@ def test_check_without_a_documented_range_uses_the_targets(tmp_path):
     lines = demo.check(fake_run(tmp_path / "r", study_kappa=0.7), tmp_path / "missing.json")
     assert "no documented range yet" in lines[0]
     assert "MISSED" in next(line for line in lines if "test study kappa" in line)
+    good = demo.check(fake_run(tmp_path / "good"), tmp_path / "missing.json")
+    assert good[-1] == "Every number meets its target (no documented range to compare with yet)."
 
 
 def test_tables_accumulate_per_recipe_and_come_back_from_a_log(tmp_path, monkeypatch):
@@ -91,3 +93,30 @@ def test_check_ignores_the_range_of_another_recipe(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "recipe", lambda: "recipe-b")
     lines = demo.check(fake_run(tmp_path / "c", pointing=0.85), results)
     assert "documents another recipe" in lines[0] and "OUTSIDE" not in "\n".join(lines)
+
+
+def test_readme_and_docs_tables_are_rewritten_from_the_json_between_their_markers(tmp_path, monkeypatch):
+    runs = [{"seed": s, **demo.run_numbers(fake_run(tmp_path / f"r{s}", val_auc=v)), "demo_seconds": t}
+            for s, v, t in [(1, 0.96, 780.0), (2, 0.99, 1020.0)]]
+    result = demo.table(runs, 0.0)
+    table = demo.readme_table(result)
+    assert "| over 2 seeds | target | mean | min – max |" in table
+    assert "| validation AUC | ≥ 0.950 | 0.975 | 0.960 – 0.990 |" in table
+    assert "| `make demo` minutes | ≤ 15.0 | 15.0 | 13.0 – 17.0 |" in table
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("intro\n<!-- demo-table -->\nold\n<!-- /demo-table -->\nafter\n")
+    (tmp_path / "docs" / "demo.md").write_text("<!-- seeds -->\n<!-- /seeds -->\n")
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    demo.write_docs(result)
+    readme = (tmp_path / "README.md").read_text()
+    assert readme == f"intro\n<!-- demo-table -->\n{table}\n<!-- /demo-table -->\nafter\n"
+    assert "| seed 1 | seed 2 |" in (tmp_path / "docs" / "demo.md").read_text()
+
+
+def test_the_repos_readme_and_docs_quote_the_stored_seed_table():
+    """README's and docs/demo.md's demo tables are the ones `benchmarks/demo.py --docs` writes from
+    benchmarks/results/demo-seeds.json: no number there that the benchmark did not produce."""
+    result = json.loads(demo.RESULTS.read_text())
+    readme, docs = (ROOT / "README.md").read_text(), (ROOT / "docs" / "demo.md").read_text()
+    assert demo.readme_table(result) in readme
+    assert demo.markdown(result).strip() in docs
