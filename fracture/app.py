@@ -196,7 +196,7 @@ def study_probability(probabilities) -> float:
     (Uploads carry no label; study_level needs the column, so it gets a constant placeholder.)"""
     import pandas as pd
 
-    from fracture.evaluate import study_level
+    from fracture.evaluation import study_level
 
     frame = pd.DataFrame({"study": "upload", "label": 0, "probability": np.asarray(probabilities, np.float64)})
     return float(study_level(frame)["probability"].iloc[0])

@@ -30,14 +30,14 @@ def cmd_synth(args):
 
 def cmd_train(args):
     cfg = _config(args)
-    from fracture.train import train
+    from fracture.training import train
 
     run_dir = train(cfg)
     print(f"run folder: {run_dir}")
 
 
 def cmd_evaluate(args):
-    from fracture.evaluate import evaluate, format_study_type_table, format_table
+    from fracture.evaluation import evaluate, format_study_type_table, format_table
     from fracture.model import load_run
 
     from fracture import portable
@@ -70,7 +70,7 @@ def cmd_predict(args):
 
         table = onnx_serving.predict_paths(onnx_serving.OnnxModel(args.model), args.images)
     else:
-        from fracture.evaluate import predict_paths
+        from fracture.evaluation import predict_paths
         from fracture.model import load_run
 
         table = predict_paths(load_run(args.run), args.images)

@@ -5,12 +5,12 @@ as groups, stratified by label), so each fold is resumable and a complete one is
 command is run again with the same run_name:
 
 runs_dir/
-  <name>-fold0/ ... <name>-fold<k-1>/   one run folder per fold (see fracture/train.py)
+  <name>-fold0/ ... <name>-fold<k-1>/   one run folder per fold (see fracture/training.py)
   <name>/cv.json                        per-fold validation scores, mean and sd over folds, pooled out-of-fold
   <name>/oof_predictions.csv            every fold's predictions_val.csv, with a `fold` column
   <name>/mlflow_run_id.txt              the MLflow parent run (mlflow=true); each fold's run is its child
 
-Per-fold scores are the folds' own validation predictions scored with fracture.evaluate.score_frame
+Per-fold scores are the folds' own validation predictions scored with fracture.evaluation.score_frame
 (nothing is predicted again); "pooled" scores all out-of-fold predictions together, once.
 """
 
@@ -68,7 +68,7 @@ def cross_validate(cfg) -> tuple[Path, dict]:
 
 def _cross_validate(cfg, name: str, cv_dir: Path, frame) -> tuple[Path, dict]:
     from fracture import fileio, resume, runkind
-    from fracture.train import train
+    from fracture.training import train
 
     info = runkind.read(cv_dir)
     if cv_dir.exists() and any(cv_dir.iterdir()) and info.get("kind") != "cv":
@@ -111,7 +111,7 @@ def _cross_validate(cfg, name: str, cv_dir: Path, frame) -> tuple[Path, dict]:
 def summarize(run_dirs, threshold: float) -> tuple[dict, pd.DataFrame]:
     """Per-fold validation scores, their mean and sd (ddof=1, NaN folds left out), and the pooled
     out-of-fold scores; plus the pooled predictions table."""
-    from fracture.evaluate import score_frame
+    from fracture.evaluation import score_frame
 
     parts, per_fold = [], []
     for k, run_dir in enumerate(map(Path, run_dirs)):

@@ -57,7 +57,7 @@ def check_members(configs: dict) -> None:
 def member_probabilities(run, split: str, tta: str = "none") -> pd.DataFrame:
     """One member's predictions table of `split` (its own decoding size), TTA views averaged."""
     from fracture.data import load_index, split_arrays
-    from fracture.evaluate import predict_images
+    from fracture.evaluation import predict_images
 
     cfg = run.config
     arrays = split_arrays(load_index(cfg), cfg)
@@ -146,7 +146,7 @@ def _prepare_folder(out_dir: Path, members: dict, tta: str, chosen, force: bool,
 
 def _build(members: dict, cfg, out_dir: Path, tta: str) -> Path:
     from fracture import fileio, resume
-    from fracture.evaluate import choose_threshold, save_plots, score_frame
+    from fracture.evaluation import choose_threshold, save_plots, score_frame
 
     frames = {split: average({n: member_probabilities(r, split, tta) for n, r in members.items()})
               for split in ("val", "test")}
@@ -190,7 +190,7 @@ def _threshold_setting(members: dict, threshold) -> str | float:
 
 
 def cli_ensemble(args) -> None:
-    from fracture.evaluate import format_table
+    from fracture.evaluation import format_table
 
     from fracture import portable
 

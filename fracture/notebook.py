@@ -137,7 +137,7 @@ def reusable_run(cfg: config_lib.Config) -> Path | None:
 def train_or_reuse(cfg: config_lib.Config, reuse: bool = True) -> tuple[Path, bool]:
     """(run folder, reused?). The smoke profile always trains afresh (replacing its last run); the
     full profile reuses a complete run of the same recipe when `reuse`, else trains a new one."""
-    from fracture.train import train
+    from fracture.training import train
 
     if cfg.run_name == SMOKE["run_name"] and Path(cfg.runs_dir).name == "smoke":
         shutil.rmtree(Path(cfg.runs_dir) / cfg.run_name, ignore_errors=True)
@@ -183,7 +183,7 @@ def final_test_scores(run) -> tuple[dict, bool]:
     """(the run's final test scores, evaluated now?). The test split is the final report, evaluated
     once: a run whose metrics.json already holds it (`make demo` evaluates it) is not scored again,
     so re-running the notebook never turns the test split into a second validation set."""
-    from fracture.evaluate import evaluate
+    from fracture.evaluation import evaluate
 
     stored = run.metrics.get("test")
     if isinstance(stored, dict) and stored.get("final"):

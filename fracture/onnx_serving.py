@@ -81,7 +81,7 @@ class OnnxModel:
 
 
 def predict_paths(model: OnnxModel, paths, batch_size: int = 16):
-    """`evaluate.predict_paths` for an ONNX model: one row per file, unreadable ones with their reason."""
+    """`evaluation.predict_paths` for an ONNX model: one row per file, unreadable ones with their reason."""
     import pandas as pd
 
     from fracture.data import expand_image_paths, load_images

@@ -57,7 +57,7 @@ def _font(ax, size=FONT_SIZE):
 
 def levels(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """{'image': frame, 'study': one row per study (mean probability, MURA protocol)}."""
-    from fracture.evaluate import study_level
+    from fracture.evaluation import study_level
 
     return {"image": frame, "study": study_level(frame)}
 

@@ -249,7 +249,7 @@ def score_table(scores: dict) -> pd.DataFrame:
 
 
 def evaluation_section(run) -> Section:
-    from fracture.evaluate import score_frame
+    from fracture.evaluation import score_frame
 
     metrics = run.metrics
     parts = [facts([("Threshold", f"{run.threshold:.3f}: {metrics.get('threshold_rule', 'fixed by the config')} "

@@ -69,7 +69,7 @@ def post(client, data: bytes, query: str = "", filename="xray.png", field="file"
 def expected_probability(run, gray) -> float:
     """What the CLI's batch path (model.predict) says for the same image."""
     from fracture.data import resize
-    from fracture.evaluate import predict_images
+    from fracture.evaluation import predict_images
 
     return float(predict_images(run.model, resize(gray, run.config.image_size)[None, :, :, None])[0])
 

@@ -226,7 +226,7 @@ def upload(client, path):
 
 
 def test_training_predict_and_app_agree(corpus, run, client):
-    from fracture.evaluate import predict_paths
+    from fracture.evaluation import predict_paths
 
     names = list(corpus)
     paths = [corpus[name][0] for name in names]

@@ -58,7 +58,7 @@ def test_save_plots_writes_every_figure_at_its_size(tmp_path, history, frame):
 
 
 def test_evaluate_save_plots_is_the_same_entry_point(tmp_path, history, frame):
-    from fracture.evaluate import save_plots
+    from fracture.evaluation import save_plots
 
     written = save_plots(history, frame, {"image": {}}, tmp_path, 0.5, "test", best_epoch=2)
     assert {p.name for p in written} == {plots.CURVES, *plots.FILES} and all(p.is_file() for p in written)

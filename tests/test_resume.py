@@ -22,7 +22,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import fracture as fr
-from fracture import fileio, resume
+from fracture import fileio, resume, training
 from fracture.errors import ConfigError, FractureError
 from fracture.model import find_run
 from tests.conftest import tiny_config
@@ -35,7 +35,7 @@ CHAIN = dict(backbone="VGG16", trainable_layers=6, dropout=0.0, dense_units=[64,
              learning_rate=1e-3, epochs=EPOCHS, run_name="chain")
 
 DRIVER = r'''
-import contextlib, importlib, json, logging, os, signal, sys
+import contextlib, json, logging, os, signal, sys
 from pathlib import Path
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 import fracture as fr
-from fracture import fileio
+from fracture import evaluation, fileio, training
 
 cfg = fr.load_config(overrides=json.loads(sys.argv[1]), frozen_random_backbone=True)
 plan, side = json.loads(sys.argv[2]), Path(sys.argv[3])
@@ -71,9 +71,8 @@ class SideRecord(keras.callbacks.Callback):
             f.write(f"{os.getpid()} {epoch + 1}\n")
 
 
-train_module = importlib.import_module("fracture.train")
-make_callbacks = train_module.make_callbacks
-train_module.make_callbacks = lambda cfg, run_dir: [SideRecord(), *make_callbacks(cfg, run_dir)]
+make_callbacks = training.make_callbacks
+training.make_callbacks = lambda cfg, run_dir: [SideRecord(), *make_callbacks(cfg, run_dir)]
 
 save, save_weights, atomic_path = keras.Model.save, keras.Model.save_weights, fileio.atomic_path
 
@@ -104,8 +103,8 @@ def killing_atomic_path(path):
 
 
 keras.Model.save, keras.Model.save_weights, fileio.atomic_path = killing_save, killing_save_weights, killing_atomic_path
-if kill == "plots":  # (fracture.evaluate is the function; this is its module)
-    importlib.import_module("fracture.evaluate").save_plots = lambda *args, **kwargs: die()
+if kill == "plots":
+    evaluation.save_plots = lambda *args, **kwargs: die()
 fr.train(cfg)
 '''
 
@@ -227,16 +226,15 @@ class Crash(Exception):
 @pytest.mark.backend
 def test_interrupted_run_resumes_on_this_backend(wide_data, tmp_path, monkeypatch, caplog):
     """An exception at epoch 3 (Ctrl-C, OOM...), then the same call: resumes after epoch 2."""
-    module = sys.modules["fracture.train"]  # `fracture.train` is the function
     cfg = tiny_config(tmp_path, wide_data, **{**CHAIN, "epochs": 3, "run_name": f"crash-{keras.backend.backend()}"})
-    make_callbacks = module.make_callbacks
+    make_callbacks = training.make_callbacks
 
     class CrashAtEpoch3(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 2:
                 raise Crash
 
-    monkeypatch.setattr(module, "make_callbacks", lambda c, d: [CrashAtEpoch3(), *make_callbacks(c, d)])
+    monkeypatch.setattr(training, "make_callbacks", lambda c, d: [CrashAtEpoch3(), *make_callbacks(c, d)])
     with pytest.raises(Crash):
         fr.train(cfg)
     run_dir = Path(cfg.runs_dir) / cfg.run_name
@@ -245,7 +243,7 @@ def test_interrupted_run_resumes_on_this_backend(wide_data, tmp_path, monkeypatc
     history = pd.read_csv(run_dir / "history.csv")
     assert state["best_value"] == pytest.approx(history["val_auc"].max())
 
-    monkeypatch.setattr(module, "make_callbacks", make_callbacks)
+    monkeypatch.setattr(training, "make_callbacks", make_callbacks)
     with caplog.at_level("INFO", logger="fracture"):
         fr.train(cfg)
     assert "after epoch 2" in caplog.text

@@ -290,7 +290,7 @@ def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker, dist=N
 def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dict) -> tuple[dict, object]:
     """The best epoch's model, predictions, plots, metrics.json, then the marker that says "complete"."""
     from fracture import fileio, machine, resume
-    from fracture.evaluate import choose_threshold, format_table, predict_images, save_plots, score_frame
+    from fracture.evaluation import choose_threshold, format_table, predict_images, save_plots, score_frame
     from fracture.model import count_params, load_model
 
     if not state["best_model"]:
