@@ -9,6 +9,7 @@ folder, not against itself. The cheaper tests fabricate run folders or interrupt
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -350,3 +351,47 @@ def test_remove_partials_sweeps_what_a_kill_left(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     assert [p.name for p in fileio.remove_partials(tmp_path)] == [".metrics.json.partial-x1y2.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# --------------------------------------------------------------------------------------------
+# the private Keras members the resume callbacks build on
+# --------------------------------------------------------------------------------------------
+def test_pyproject_pins_keras_to_the_range_resume_supports_and_the_installed_one_is_in_it():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (keras_spec,) = [Requirement(d).specifier for d in project["dependencies"] if Requirement(d).name == "keras"]
+    assert str(keras_spec) == str(Requirement(f"keras{resume.KERAS_SUPPORTED}").specifier)
+    assert keras.__version__ in keras_spec
+    assert "3.16.0" not in keras_spec  # an upper bound: a new Keras may move the private members
+
+
+@pytest.mark.parametrize("cls, name", [(cls, name) for cls, names in resume.KERAS_PRIVATE.items() for name in names])
+def test_a_keras_without_a_private_method_is_refused_by_name(tmp_path, monkeypatch, cls, name):
+    klass = getattr(keras.callbacks, cls)
+    owner = next(c for c in klass.__mro__ if name in vars(c))  # where Keras defines it (a base class for some)
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(FractureError, match=rf"Keras {keras.__version__} lacks keras\.callbacks\.{cls}\.{name}\b.*"
+                                            rf"keras{re.escape(resume.KERAS_SUPPORTED)}"):
+        resume.RunBackup(tmp_path, resume.BestModel(tmp_path / resume.BACKUP))
+
+
+@pytest.mark.parametrize("name", resume.KERAS_PRIVATE_ATTRIBUTES)
+def test_a_keras_whose_backup_callback_lacks_a_private_path_is_refused_by_name(tmp_path, monkeypatch, name):
+    real_init = keras.callbacks.BackupAndRestore.__init__
+
+    def init_without(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        delattr(self, name)
+
+    best = resume.BestModel(tmp_path / resume.BACKUP)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "__init__", init_without)
+    with pytest.raises(FractureError, match=rf"lacks keras\.callbacks\.BackupAndRestore\(\)\.{name}\b"):
+        resume.RunBackup(tmp_path, best)
+
+
+def test_the_supported_keras_builds_both_callbacks(tmp_path):
+    best = resume.BestModel(tmp_path / resume.BACKUP)
+    assert resume.RunBackup(tmp_path, best).checkpoint is best
