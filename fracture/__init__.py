@@ -41,13 +41,13 @@ _LAZY = {
     "read_gray": ("fracture.imageio", "read_gray"),
     "decode_gray": ("fracture.imageio", "decode_gray"),
     "build_model": ("fracture.model", "build_model"),
-    "load_run": ("fracture.model", "load_run"),
-    "find_run": ("fracture.model", "find_run"),
+    "load_run": ("fracture.runs", "load_run"),
+    "find_run": ("fracture.runs", "find_run"),
     "count_params": ("fracture.model", "count_params"),
     "unfrozen_layers": ("fracture.model", "unfrozen_layers"),
     "summary_table": ("fracture.evaluation", "summary_table"),
     "predict_paths": ("fracture.evaluation", "predict_paths"),
-    "study_level": ("fracture.evaluation", "study_level"),
+    "study_level": ("fracture.scores", "study_level"),
 }
 
 

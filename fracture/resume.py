@@ -16,8 +16,7 @@ state.json (the commit's content) carries what Keras callbacks forget across a r
 
 The newest commit and the one before are kept; a commit whose weights cannot be read is renamed
 `*.broken` and the one before is used, with a warning. A run is complete when `complete.json`
-exists (written after metrics.json and plots); folders from before this contract count as complete
-when they hold model.keras and a readable metrics.json but no backup/.
+exists (written after metrics.json and plots).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import keras
 import numpy as np
 
 from fracture import config as config_lib
-from fracture import diskspace, fileio
+from fracture import diskspace, fileio, runkind
 from fracture.errors import ConfigError, FractureError
 
 log = logging.getLogger(__name__)
@@ -78,18 +77,7 @@ def require_keras_callbacks() -> None:
 # --------------------------------------------------------------------------------------------
 def is_complete(run_dir) -> bool:
     run_dir = Path(run_dir)
-    return (run_dir / MARKER).is_file() or _legacy_complete(run_dir)
-
-
-def _legacy_complete(run_dir: Path) -> bool:
-    """A run written before complete.json existed: its metrics.json came last, backup/ was gone."""
-    if not (run_dir / "model.keras").is_file() or (run_dir / BACKUP).exists():
-        return False
-    try:
-        json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
+    return (run_dir / MARKER).is_file()
 
 
 def is_incomplete(run_dir) -> bool:
@@ -100,8 +88,6 @@ def is_incomplete(run_dir) -> bool:
 
 
 def resume_hint(run_dir) -> str:
-    from fracture import runkind
-
     command = runkind.resume_command(run_dir)
     if command:  # a cv or ensemble folder: training into it would put an unrelated model there
         return f"rerun the command that started it to finish it: `{command}`"
@@ -351,9 +337,6 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             log.warning("no readable backup in %s: training %s starts again at epoch 1", self.backup_dir,
                         self.run_dir.name)
         self.model._initial_epoch = 0
-        if (Path(self.backup_dir) / "latest.weights.h5").is_file():
-            log.warning("%s/latest.weights.h5 is a backup from before resume states existed (no best score): "
-                        "ignored, training %s starts at epoch 1", self.backup_dir, self.run_dir.name)
         return fresh_state()
 
     def _tidy(self) -> None:

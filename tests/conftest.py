@@ -166,7 +166,7 @@ def positives(planted):
 def run_copy(trained_run, tmp_path_factory):
     """The session run in a folder of its own (files written here do not leak into other tests),
     loaded once so the tests below share its compiled CAM functions."""
-    from fracture.model import load_run
+    from fracture.runs import load_run
 
     folder = tmp_path_factory.mktemp("cam_run") / "tiny"
     folder.mkdir()

@@ -208,7 +208,7 @@ def test_a_bomb_is_refused_from_its_header_whatever_the_limit(corpus):
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run(trained_run):
-    from fracture.model import load_run
+    from fracture.runs import load_run
 
     return load_run(trained_run)
 

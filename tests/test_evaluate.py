@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fracture.evaluation import binary_metrics, score_frame, study_level
+from fracture.evaluation import binary_metrics, score_frame
+from fracture.scores import study_level
 
 
 def test_binary_metrics_by_hand():

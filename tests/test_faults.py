@@ -24,7 +24,7 @@ import pytest
 
 import fracture as fr
 from fracture import config as config_lib
-from fracture import cv, data, diskspace, evaluation, fileio, resume, runlock, tracking, training
+from fracture import cv, data, diskspace, fileio, plots, resume, runlock, tracking, training
 from fracture.cli import main
 from fracture.errors import ConfigError, DataError, FractureError
 from tests.conftest import tiny_config
@@ -428,15 +428,15 @@ def test_ensemble_lifecycle_interrupted_resumes_complete_refused_force_replaces(
     args = ["ensemble", "--runs", str(trained_run), str(twin), "--name", "ens", "--runs-dir", str(tmp_path),
             "--threshold", "0.5"]
 
-    real_plots = evaluation.save_plots
+    real_plots = plots.save_plots
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluation, "save_plots", interrupted)
+    monkeypatch.setattr(plots, "save_plots", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(args)
-    monkeypatch.setattr(evaluation, "save_plots", real_plots)
+    monkeypatch.setattr(plots, "save_plots", real_plots)
     out_dir = tmp_path / "ens"
     assert not resume.is_complete(out_dir)
     hint = resume.resume_hint(out_dir)

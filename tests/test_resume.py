@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 import fracture as fr
 from fracture import fileio, resume, training
 from fracture.errors import ConfigError, FractureError
-from fracture.model import find_run
+from fracture.runs import find_run
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ import keras
 import numpy as np
 
 import fracture as fr
-from fracture import evaluation, fileio, training
+from fracture import fileio, plots, training
 
 cfg = fr.load_config(overrides=json.loads(sys.argv[1]), frozen_random_backbone=True)
 plan, side = json.loads(sys.argv[2]), Path(sys.argv[3])
@@ -105,7 +105,7 @@ def killing_atomic_path(path):
 
 keras.Model.save, keras.Model.save_weights, fileio.atomic_path = killing_save, killing_save_weights, killing_atomic_path
 if kill == "plots":
-    evaluation.save_plots = lambda *args, **kwargs: die()
+    plots.save_plots = lambda *args, **kwargs: die()
 fr.train(cfg)
 '''
 
@@ -275,12 +275,15 @@ def fake_run(runs_dir: Path, name: str, *, marker=True, backup=False, metrics=Tr
 
 def test_find_run_skips_incomplete_runs_and_says_so(tmp_path, caplog):
     done = fake_run(tmp_path, "a-done")
-    old = fake_run(tmp_path, "b-legacy", marker=False)  # before complete.json: metrics.json, no backup/
+    later = fake_run(tmp_path, "b-later")
     killed_run = fake_run(tmp_path, "c-killed", marker=False, backup=True, metrics=False)
-    os.utime(done / resume.MARKER, (1, 1))  # the legacy run finished later
+    unmarked = fake_run(tmp_path, "d-unmarked", marker=False)  # metrics.json, no backup/, but no complete.json
+    os.utime(done / resume.MARKER, (1, 1))  # b-later completed later
     with caplog.at_level("WARNING", logger="fracture"):
-        assert find_run(None, tmp_path) == old
-    assert "c-killed" in caplog.text and "a-done" not in caplog.text
+        assert find_run(None, tmp_path) == later
+    assert "c-killed" in caplog.text and "d-unmarked" in caplog.text and "a-done" not in caplog.text
+    with pytest.raises(FractureError, match="incomplete"):
+        find_run(unmarked)
     with pytest.raises(FractureError, match=r"incomplete.*python -m fracture train --config"):
         find_run(killed_run)
     with pytest.raises(FractureError, match="incomplete"):

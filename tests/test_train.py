@@ -85,7 +85,7 @@ def test_reloaded_model_predicts_like_the_model_keras_trained(trained):
 
 def sklearn_scores(frame: pd.DataFrame, threshold: float) -> dict:
     """Image and study scores from scikit-learn called directly; the study mean is taken by hand
-    (a plain loop, not fracture.evaluate.study_level)."""
+    (a plain loop, not fracture.scores.study_level)."""
     from sklearn.metrics import cohen_kappa_score, confusion_matrix, recall_score, roc_auc_score
 
     studies = {}

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fracture import config
-from fracture.model import build_model, imagenet_weights_file
+from fracture.model import build_model
+from fracture.weights import imagenet_weights_file
 from fracture.pretrain import save_notop_weights
 from fracture.training import compile_model
 from tests.test_weights import stored_weights
