@@ -32,8 +32,8 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from fracture import cam, imageio, scores, serving
-from fracture.cam.checks import cam_layers
 from fracture.cam import draw
+from fracture.cam.checks import cam_layers
 from fracture.cam.metrics import box_list, boxes_by_path
 from fracture.data import resize
 from fracture.errors import FractureError, ImageError
