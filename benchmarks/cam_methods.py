@@ -84,7 +84,7 @@ def main() -> None:
             print(f"| {m} | {cost[m]:.1f} |")
         return
 
-    from fracture.model import load_run
+    from fracture.runs import load_run
 
     run = load_run(args.run)
     table = cam.evaluate_localization(run, methods, [args.layer], limit=args.limit, road_images=args.road_images)

@@ -1,7 +1,7 @@
 """What makes the demo's training epoch faster? One lever at a time, on the demo's own model.
 
 Builds the model of configs/demo.yaml (DenseNet121 from scratch, SGD, BatchNorm momentum 0.9),
-compiles it as fracture.train does, and fits random uint8 images (the cost of an epoch does not
+compiles it as fracture.training does, and fits random uint8 images (the cost of an epoch does not
 depend on what the pixels show) for `--epochs` epochs; the first epoch includes graph building and
 compilation, so the steady-state figure is the median of the later ones. Each lever runs in a
 fresh process (a dtype policy is global to Keras):
@@ -46,7 +46,7 @@ def one_lever(name: str, images: int, epochs: int) -> dict:
 
     from fracture import config
     from fracture.model import build_model
-    from fracture.train import compile_model
+    from fracture.training import compile_model
 
     lever = LEVERS[name]
     if "policy" in lever:

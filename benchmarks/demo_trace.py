@@ -36,7 +36,7 @@ def trace_callback(cfg, run_dir: Path, rows: list, limit: int):
     from fracture import data as data_lib
     from fracture.cam.maps import cam_maps
     from fracture.cam.metrics import _positives_with_boxes, distractor_peak, pointing_game
-    from fracture.evaluate import choose_threshold, predict_images, score_frame
+    from fracture.evaluation import choose_threshold, predict_images, score_frame
 
     arrays = data_lib.split_arrays(data_lib.load_index(cfg), cfg)
 
@@ -76,25 +76,21 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    import importlib
-
-    from fracture import config
-
-    train_module = importlib.import_module("fracture.train")  # the module, not the function of that name
+    from fracture import config, training
 
     runs = tempfile.mkdtemp(prefix="demo-trace-")
     cfg = config.load(ROOT / "configs" / "demo.yaml", overrides=[
         f"seed={args.seed}", "mlflow=false", f"runs_dir={runs}", f"run_name=trace-{args.seed}", "stop_at_val_auc=0",
         *args.overrides])
     rows: list = []
-    plain = train_module.make_callbacks
+    plain = training.make_callbacks
 
     def with_trace(cfg_, run_dir):
         callbacks = plain(cfg_, run_dir)
         return callbacks[:-1] + [trace_callback(cfg_, run_dir, rows, args.limit), callbacks[-1]]
 
-    train_module.make_callbacks = with_trace
-    train_module.train(cfg)
+    training.make_callbacks = with_trace
+    training.train(cfg)
     table = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import numpy as np
 
 from fracture import config, data
 from fracture.model import build_model
-from fracture.train import compile_model
+from fracture.training import compile_model
 
 WORKLOADS = (  # name, trainable_layers, batch size, what is timed
     ("top60_b16", 60, 16, "fit"),

@@ -3,7 +3,7 @@
 The cache is written directly in fracture.data's format (`<cache_key>.npy` + `.ok.npy`, keyed by
 the real file list) for a class-folder dataset of N hard links to one tiny PNG, so no decoding is
 timed and the disk holds N x size^2 bytes once. Then a child process runs the training data path
-as `fracture.train` does (split_arrays -> memory-mapped cache -> make_batches -> fit) for --steps
+as `fracture.training` does (split_arrays -> memory-mapped cache -> make_batches -> fit) for --steps
 steps, and afterwards reads every batch of the epoch (every row of the cache, as a full epoch of
 fit would) without training on them, so the whole file passes through memory on a CPU.
 
@@ -161,7 +161,7 @@ def child_train(cfg_json: str, steps: int) -> None:
     peaks.start()
     from fracture import config, data
     from fracture.model import build_model
-    from fracture.train import compile_model
+    from fracture.training import compile_model
 
     cfg = config.load(overrides=json.loads(cfg_json), frozen_random_backbone=True)  # memory only
     frame = data.load_index(cfg)

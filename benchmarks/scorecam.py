@@ -27,7 +27,7 @@ from fracture import cam  # noqa: E402
 from fracture.cam.maps import _scorecam  # noqa: E402
 from fracture.data import resize  # noqa: E402
 from fracture.imageio import read_gray  # noqa: E402
-from fracture.model import load_run  # noqa: E402
+from fracture.runs import load_run  # noqa: E402
 
 
 def maps_of(model, x, layer, channels, rank_by):

@@ -61,7 +61,7 @@ def resolve_run(args, tmp: Path) -> tuple[Path, str]:
     """(run folder, how it was chosen)."""
     from fracture import config as config_lib
     from fracture.errors import FractureError
-    from fracture.model import find_run
+    from fracture.runs import find_run
 
     if args.run:
         path = find_run(args.run)

@@ -25,7 +25,7 @@ import numpy as np
 
 from fracture import config, data
 from fracture.model import build_model
-from fracture.train import compile_model
+from fracture.training import compile_model
 
 
 class EpochTimer(keras.callbacks.Callback):

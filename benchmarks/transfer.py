@@ -30,10 +30,11 @@ import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
 from fracture import config, data
-from fracture.model import build_model, imagenet_weights_file
+from fracture.model import build_model
+from fracture.weights import imagenet_weights_file
 from fracture.pretrain import save_notop_weights
 from fracture.synth import generate
-from fracture.train import compile_model
+from fracture.training import compile_model
 
 NO_AUGMENTATION = dict(flip=False, rotation=0, zoom=0, translate=0)
 

@@ -18,11 +18,6 @@ from fracture.config import Config
 from fracture.config import load as load_config
 from fracture.errors import FractureError
 
-# These two share their module's name; binding the function here (the modules import no Keras at
-# load time) keeps `fracture.train` the function even after `import fracture.train` elsewhere.
-from fracture.evaluate import evaluate
-from fracture.train import train
-
 __version__ = "0.1.0"
 
 # Before any module here imports Keras: TensorFlow's C++ start-up banner (absl, oneDNN, CPU
@@ -32,6 +27,8 @@ startup.install()
 
 # public name -> module that defines it (imported lazily on first attribute access)
 _LAZY = {
+    "train": ("fracture.training", "train"),
+    "evaluate": ("fracture.evaluation", "evaluate"),
     "generate_synthetic": ("fracture.synth", "generate"),
     "load_boxes": ("fracture.synth", "load_boxes"),
     "load_index": ("fracture.data", "load_index"),
@@ -44,13 +41,13 @@ _LAZY = {
     "read_gray": ("fracture.imageio", "read_gray"),
     "decode_gray": ("fracture.imageio", "decode_gray"),
     "build_model": ("fracture.model", "build_model"),
-    "load_run": ("fracture.model", "load_run"),
-    "find_run": ("fracture.model", "find_run"),
+    "load_run": ("fracture.runs", "load_run"),
+    "find_run": ("fracture.runs", "find_run"),
     "count_params": ("fracture.model", "count_params"),
     "unfrozen_layers": ("fracture.model", "unfrozen_layers"),
-    "summary_table": ("fracture.evaluate", "summary_table"),
-    "predict_paths": ("fracture.evaluate", "predict_paths"),
-    "study_level": ("fracture.evaluate", "study_level"),
+    "summary_table": ("fracture.evaluation", "summary_table"),
+    "predict_paths": ("fracture.evaluation", "predict_paths"),
+    "study_level": ("fracture.scores", "study_level"),
 }
 
 
@@ -61,4 +58,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'fracture' has no attribute {name!r}")
 
 
-__all__ = ["Config", "FractureError", "load_config", "train", "evaluate", "__version__", *_LAZY]
+__all__ = ["Config", "FractureError", "load_config", "__version__", *_LAZY]

@@ -31,9 +31,15 @@ import numpy as np
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from fracture import imageio, scores
+from fracture import cam, imageio, scores, serving
 from fracture.cam import draw
+from fracture.cam.checks import cam_layers
+from fracture.cam.metrics import box_list, boxes_by_path
+from fracture.data import resize
 from fracture.errors import FractureError, ImageError
+from fracture.onnx_serving import OnnxPredictor
+from fracture.report import REPORT_FILE
+from fracture.scores import study_level
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +51,6 @@ CAM_METHOD = "gradcam"
 CAM_COLORMAP = draw.COLORMAP  # the CAM panels' colormap; /api/model sends its colours for the page's legend
 CAM_ALPHA = draw.ALPHA  # heatmap weight in cam_png, as in the panels (the page blends image_png and heatmap_png)
 MAX_NAME_CHARS = 120  # file names are echoed back (never used as paths), cut to this length
-# A few sensible CAM layers per backbone family, deepest first; only those present in the model
-# are offered. Deep layers localise coarsely but semantically, earlier ones sharper but noisier.
-CAM_LAYERS = {
-    "DenseNet": ("relu", "pool4_relu", "pool3_relu"),
-    "ResNet": ("post_relu", "conv5_block3_out", "conv4_block36_out", "conv4_block23_out",
-               "conv4_block6_out", "conv3_block8_out", "conv3_block4_out"),
-    "EfficientNet": ("top_activation", "block6a_expand_activation", "block4a_expand_activation"),
-    "VGG": ("block5_conv4", "block5_conv3", "block4_conv4", "block4_conv3"),
-    "Xception": ("block14_sepconv2_act", "block13_sepconv1_act", "block4_sepconv2_act"),
-    "InceptionV3": ("mixed10", "mixed9", "mixed7"),
-}
-MAX_CAM_LAYERS = 3
 # Words for the page's layer menu: where the layer sits. Known names get their place in the
 # architecture; any other offered layer its rank (the offered list is deepest first).
 LAYER_PLACES = {
@@ -111,8 +105,6 @@ def png_base64(image: np.ndarray) -> str:
 def dataset_boxes(cfg) -> dict:
     """{sha1 of an image file's bytes: [(x0, y0, x1, y1), ...]} for the run's data that has fracture
     boxes (synthetic MURA, COCO, YOLO): an upload is recognised by its content, whatever its name."""
-    from fracture.cam.metrics import box_list, boxes_by_path
-
     try:
         boxes = boxes_by_path(cfg)
     except (FractureError, OSError) as exc:
@@ -161,20 +153,6 @@ def json_safe(value):
 # --------------------------------------------------------------------------------------------
 # the model side: loaded once, compiled once, called under one lock
 # --------------------------------------------------------------------------------------------
-def cam_layers(model, backbone: str) -> list[str]:
-    """Up to MAX_CAM_LAYERS sensible CAM layers present in `model`, deepest first."""
-    names = {layer.name for layer in model.layers}
-    family = next((k for k in CAM_LAYERS if backbone.startswith(k)), None)
-    chosen = [n for n in CAM_LAYERS.get(family, ()) if n in names][:MAX_CAM_LAYERS]
-    if not chosen:  # unknown backbone: the last layer with a spatial (4-D) output
-        from fracture.model import POOL_LAYER
-
-        spatial = [layer.name for layer in model.layers
-                   if layer.name != POOL_LAYER and len(getattr(layer.output, "shape", ())) == 4]
-        chosen = spatial[-1:]
-    return chosen
-
-
 def layer_label(model, name: str, rank: int) -> str:
     """Readable name of an offered CAM layer, e.g. "last block (coarse, 7x7 grid)"."""
     place = LAYER_PLACES.get(name) or RANK_PLACES[min(rank, len(RANK_PLACES) - 1)]
@@ -192,11 +170,9 @@ def colormap_colors(name: str = CAM_COLORMAP, steps: int = 11) -> list[str]:
 
 
 def study_probability(probabilities) -> float:
-    """A study's probability exactly as evaluation computes it: `evaluate.study_level` on one study.
+    """A study's probability exactly as evaluation computes it: `scores.study_level` on one study.
     (Uploads carry no label; study_level needs the column, so it gets a constant placeholder.)"""
     import pandas as pd
-
-    from fracture.evaluate import study_level
 
     frame = pd.DataFrame({"study": "upload", "label": 0, "probability": np.asarray(probabilities, np.float64)})
     return float(study_level(frame)["probability"].iloc[0])
@@ -234,8 +210,6 @@ class Predictor:
         self._lock = threading.Lock()
 
     def prepare(self, gray: np.ndarray) -> np.ndarray:
-        from fracture.data import resize
-
         return resize(gray, self.size).astype(np.float32)[None, :, :, None]
 
     def probability(self, x: np.ndarray) -> float:
@@ -246,10 +220,8 @@ class Predictor:
         """The probability and the Grad-CAM heatmap (S, S) in [0, 1] of `layer` for the fracture
         class, from one pass: the CAM's gradient step computes the logit anyway, so a separate
         forward pass would double the cost. Equal to `cam.cam_maps` + `model.predict` (tested)."""
-        from fracture.cam import maps_and_logits
-
         with self._lock:
-            maps, logits = maps_and_logits(self.model, x, layer, CAM_METHOD)
+            maps, logits = cam.maps_and_logits(self.model, x, layer, CAM_METHOD)
         return scores.probability(float(logits[0])), maps[0]
 
     def warm_up(self) -> float:
@@ -330,14 +302,12 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
     if not logging.getLogger().handlers:  # gunicorn / flask run: make the start-up lines visible
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if predictor is None and not run and not os.environ.get("FRACTURE_RUN") and os.environ.get("FRACTURE_MODEL"):
-        from fracture.onnx_serving import OnnxPredictor
-
         predictor = OnnxPredictor(os.environ["FRACTURE_MODEL"])
     if predictor is not None:
         run = predictor.run
         log.info("serving %s on onnxruntime (no CAM)", run.path)
     else:
-        from fracture.model import Run, load_run
+        from fracture.runs import Run, load_run  # here, not at the top: it loads Keras, which this module does not
 
         if not isinstance(run, Run):
             source = "argument" if run else ("$FRACTURE_RUN" if os.environ.get("FRACTURE_RUN") else None)
@@ -382,8 +352,6 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         return jsonify(info)
 
     def report_file():
-        from fracture.report import REPORT_FILE
-
         path = Path(run.path) / REPORT_FILE
         return path if Path(run.path).is_dir() and path.is_file() else None
 
@@ -418,12 +386,10 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
         body = {"probability": rounded, **predictor.verdict(rounded), "image": {"width": width, "height": height}}
         shown = display_image(gray) if (want_cam or want_image) else None
         if want_cam:
-            from fracture.cam import overlay
-
-            body["cam_png"] = png_base64(overlay(shown, heatmap, CAM_COLORMAP, CAM_ALPHA))
+            body["cam_png"] = png_base64(cam.overlay(shown, heatmap, CAM_COLORMAP, CAM_ALPHA))
             # the colormapped heatmap alone (alpha 1): the page lays it over image_png with an
             # opacity slider; at opacity CAM_ALPHA the two give cam_png
-            body["heatmap_png"] = png_base64(overlay(shown, heatmap, CAM_COLORMAP, 1.0))
+            body["heatmap_png"] = png_base64(cam.overlay(shown, heatmap, CAM_COLORMAP, 1.0))
         if want_image:
             body["image_png"] = png_base64(shown)
         if want_cam or want_image:
@@ -465,7 +431,7 @@ def create_app(run=None, max_upload_mb: float | None = None, max_pixels: int | N
     @app.post("/api/study")
     def study():
         """Several images of one study: each image's answer, and the study's probability as
-        evaluation computes it (evaluate.study_level: the mean of its images' probabilities).
+        evaluation computes it (scores.study_level: the mean of its images' probabilities).
         An unreadable file gets its own error; the others are still answered."""
         started = time.perf_counter()
         want_cam, want_image, layer = cam_request()
@@ -564,7 +530,6 @@ def cli_serve(args) -> None:
     if onnx:
         if not Path(onnx).is_file():
             raise FractureError(f"--model {onnx}: no such file (export one with `python -m fracture export`)")
-        from fracture.onnx_serving import OnnxPredictor
 
         def make_app():
             return create_app(predictor=OnnxPredictor(onnx))
@@ -572,7 +537,7 @@ def cli_serve(args) -> None:
         def make_app():
             return create_app(run=args.run)
     else:
-        from fracture.model import find_run
+        from fracture.runs import find_run  # here, not at the top: it loads Keras, which this module does not
 
         # A missing run is one error line here, not a worker that dies on start.
         run_dir = find_run(args.run or os.environ.get("FRACTURE_RUN") or None,
@@ -585,7 +550,6 @@ def cli_serve(args) -> None:
         log.info("open http://%s:%s/ (development server)", args.host, args.port)
         app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
         return
-    from fracture import serving
 
     settings = serving.options(args.host, args.port, args.workers, args.threads, args.request_timeout)
     log.info("open http://%s:%s/ (gunicorn: %d worker(s) x %d threads, %.0f s request timeout)", args.host, args.port,

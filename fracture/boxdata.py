@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from fracture.errors import DataError
+from fracture.imageio import read_gray
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _box(x0, y0, x1, y1, width=None, height=None) -> tuple[int, int, int, int]:
 # --------------------------------------------------------------------------------------------
 def _image_files(root: Path) -> dict[str, Path]:
     """{file name: path} of every image file under root (names must be unique to be joined)."""
-    from fracture.data import is_image_file
+    from fracture.data import is_image_file  # here, not at the top: fracture.data imports this module
 
     out, twice = {}, set()
     for path in sorted(root.rglob("*")):
@@ -155,7 +156,7 @@ def _split_files(root: Path, names: set[str]) -> dict[str, str]:
 
 def _finish(rows: list[dict], boxes: dict, root: Path, group_column: str, kind: str):
     """Attach dataset.csv's groups and study types, the split files' splits; warn about leakage."""
-    from fracture.data import COLUMNS
+    from fracture.data import COLUMNS  # here, not at the top: fracture.data imports this module
 
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if frame.empty:
@@ -291,8 +292,6 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except Exception:  # DICOM and the like: the full decoder
-        from fracture.imageio import read_gray
-
         h, w = read_gray(path).shape
         return w, h
 
@@ -301,7 +300,7 @@ def index_yolo(data_dir, fracture_classes=(), group_column: str = ""):
     """(frame, boxes) of a YOLO export: <root>/data.yaml and images/ + labels/*.txt folders, as
     <split>/images (Roboflow) or images/<split> (Ultralytics). A label line is `class cx cy w h`
     (normalized) or a polygon `class x1 y1 x2 y2 ...` (its bounding box is used)."""
-    from fracture.data import is_image_file
+    from fracture.data import is_image_file  # here, not at the top: fracture.data imports this module
 
     root = Path(data_dir).resolve()
     if not root.is_dir():

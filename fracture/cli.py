@@ -10,8 +10,9 @@ import logging
 import os
 import sys
 
+from fracture import __version__, diskspace, portable
 from fracture import config as config_lib
-from fracture.errors import FractureError
+from fracture.errors import FractureError, ImageError
 
 
 def _config(args):
@@ -19,6 +20,7 @@ def _config(args):
 
 
 def cmd_synth(args):
+    # here, not at the top: it loads numpy, pandas, which this module does not
     from fracture.synth_formats import generate_format
 
     root = generate_format(args.out, args.format, patients=args.patients, seed=args.seed,
@@ -30,17 +32,16 @@ def cmd_synth(args):
 
 def cmd_train(args):
     cfg = _config(args)
-    from fracture.train import train
+    from fracture.training import train  # here, not at the top: it loads numpy, pandas, which this module does not
 
     run_dir = train(cfg)
     print(f"run folder: {run_dir}")
 
 
 def cmd_evaluate(args):
-    from fracture.evaluate import evaluate, format_study_type_table, format_table
-    from fracture.model import load_run
-
-    from fracture import portable
+    # here, not at the top: it loads numpy, pandas, sklearn, which this module does not
+    from fracture.evaluation import evaluate, format_study_type_table, format_table
+    from fracture.runs import load_run  # here, not at the top: it loads Keras, which this module does not
 
     run = load_run(args.run)
     cfg = portable.with_overrides(run, args.overrides)
@@ -61,17 +62,16 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     """The table of readable files on stdout; each unreadable file and its reason on stderr, then
     an `error:` line and exit status 2 (a script must not mistake a partial answer for a full one)."""
-    from fracture.errors import ImageError
-
     if args.model:  # an exported ONNX model on onnxruntime: no Keras, no TensorFlow imported
         if args.run:
             raise FractureError("give --run (a run's Keras model) or --model (an exported .onnx), not both")
-        from fracture import onnx_serving
+        from fracture import onnx_serving  # here, not at the top: it loads numpy, pandas, which this module does not
 
         table = onnx_serving.predict_paths(onnx_serving.OnnxModel(args.model), args.images)
     else:
-        from fracture.evaluate import predict_paths
-        from fracture.model import load_run
+        # here, not at the top: it loads numpy, pandas, sklearn, which this module does not
+        from fracture.evaluation import predict_paths
+        from fracture.runs import load_run  # here, not at the top: it loads Keras, which this module does not
 
         table = predict_paths(load_run(args.run), args.images)
     unreadable = table[table["label"] == "unreadable"]
@@ -115,8 +115,6 @@ def add_config_arguments(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fracture import __version__
-
     parser = argparse.ArgumentParser(prog="fracture", description="Humerus fracture detection on MURA X-rays (Keras 3).",
                                      formatter_class=HelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
@@ -276,7 +274,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from fracture import diskspace
 
     try:
         check_backend_variable()

@@ -5,12 +5,12 @@ as groups, stratified by label), so each fold is resumable and a complete one is
 command is run again with the same run_name:
 
 runs_dir/
-  <name>-fold0/ ... <name>-fold<k-1>/   one run folder per fold (see fracture/train.py)
+  <name>-fold0/ ... <name>-fold<k-1>/   one run folder per fold (see fracture/training.py)
   <name>/cv.json                        per-fold validation scores, mean and sd over folds, pooled out-of-fold
   <name>/oof_predictions.csv            every fold's predictions_val.csv, with a `fold` column
   <name>/mlflow_run_id.txt              the MLflow parent run (mlflow=true); each fold's run is its child
 
-Per-fold scores are the folds' own validation predictions scored with fracture.evaluate.score_frame
+Per-fold scores are the folds' own validation predictions scored with fracture.evaluation.score_frame
 (nothing is predicted again); "pooled" scores all out-of-fold predictions together, once.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from fracture import config as config_lib
-from fracture import tracking
+from fracture import fileio, preflight, runkind, runlock, tracking, training
 from fracture.errors import ConfigError, FractureError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ def fold_config(cfg, name: str, fold: int):
 
 def cross_validate(cfg) -> tuple[Path, dict]:
     """Train (or skip, when complete) one run per fold, then summarise; returns (cv folder, summary)."""
-    from fracture import preflight
-
     if cfg.fold != -1:
         raise ConfigError(f"cv trains every fold itself: drop fold={cfg.fold} (`python -m fracture train "
                           f"fold={cfg.fold}` trains that one fold)")
@@ -60,15 +58,13 @@ def cross_validate(cfg) -> tuple[Path, dict]:
     config_lib.check_run_name(f"{name}-fold{cfg.folds - 1}")
     frame = preflight.check(fold_config(cfg, name, 0))  # too few patients for the folds fails here, in seconds
     cv_dir = Path(cfg.runs_dir) / name
-    from fracture import runlock
 
     with runlock.hold(cv_dir, "cv"):  # a second `cv` of this name stops here; each fold has its own lock too
         return _cross_validate(cfg, name, cv_dir, frame)
 
 
 def _cross_validate(cfg, name: str, cv_dir: Path, frame) -> tuple[Path, dict]:
-    from fracture import fileio, resume, runkind
-    from fracture.train import train
+    from fracture import resume  # here, not at the top: it loads Keras, which this module does not
 
     info = runkind.read(cv_dir)
     if cv_dir.exists() and any(cv_dir.iterdir()) and info.get("kind") != "cv":
@@ -94,7 +90,7 @@ def _cross_validate(cfg, name: str, cv_dir: Path, frame) -> tuple[Path, dict]:
                 log.info("fold %d: %s is complete, skipped", k, run_dir)
             else:
                 log.info("fold %d of %d: %s", k + 1, cfg.folds, run_dir)
-                train(fold_cfg)
+                training.train(fold_cfg)
             if parent is not None:
                 parent.adopt(run_dir)
             run_dirs.append(run_dir)
@@ -115,7 +111,7 @@ def _cross_validate(cfg, name: str, cv_dir: Path, frame) -> tuple[Path, dict]:
 def summarize(run_dirs, threshold: float) -> tuple[dict, pd.DataFrame]:
     """Per-fold validation scores, their mean and sd (ddof=1, NaN folds left out), and the pooled
     out-of-fold scores; plus the pooled predictions table."""
-    from fracture.evaluate import score_frame
+    from fracture.evaluation import score_frame  # here, not at the top: it loads sklearn, which this module does not
 
     parts, per_fold = [], []
     for k, run_dir in enumerate(map(Path, run_dirs)):

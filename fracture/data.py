@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fracture import diskspace, progress
+from fracture.boxdata import index_boxes
 from fracture.config import parse_study_types
 from fracture.errors import DataError, ImageError
 from fracture.imageio import DECODER_VERSION, DEFAULT_MAX_PIXELS, is_dicom_file, read_gray
@@ -236,8 +238,6 @@ def load_index(cfg) -> pd.DataFrame:
     if cfg.data_format == "folders":
         frame = index_folders(cfg.data_dir, cfg.positive_class)
     elif cfg.data_format in ("coco", "yolo"):
-        from fracture.boxdata import index_boxes
-
         frame, _ = index_boxes(cfg)
         if (frame["split"] == "").any():
             frame = split_test_by_patient(frame, cfg.test_fraction, cfg.seed)
@@ -369,8 +369,6 @@ def _decode_to_cache(cache_file: Path, key: str, paths: list[str], size: int, ma
     files cannot collide (they write the same bytes under their own temporary names)."""
     import json
 
-    from fracture import diskspace
-
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     _check_file(cache_file).unlink(missing_ok=True)  # from here on the old entry counts as gone
     private = f"{os.getpid()}.{threading.get_ident()}.tmp"
@@ -468,7 +466,6 @@ def _skipped_frame(paths, ok, reasons) -> pd.DataFrame:
 def _progress(total: int):
     if total < 200 or not log.isEnabledFor(logging.INFO):
         return None
-    from fracture import progress
 
     log.info("decoding %d images once (cached for later epochs and runs)", total)
     return progress.bar(total, unit_name="image", what="decoded")

@@ -20,6 +20,8 @@ no installed plugin reads is refused with a reason naming the syntax and the pac
 
 from __future__ import annotations
 
+from fracture.errors import ImageError
+
 # transfer syntax UID -> the permissively licensed packages that decode it (pip names)
 DECODERS = {
     "1.2.840.10008.1.2.4.50": ("pillow", "python-gdcm"),
@@ -67,8 +69,6 @@ def undecodable_reason(transfer_syntax) -> str | None:
 def check_decodable(ds) -> None:
     """ImageError naming the transfer syntax (and the package that would decode it) when no installed
     plugin reads this dataset's pixel data; nothing for uncompressed and decodable syntaxes."""
-    from fracture.errors import ImageError
-
     meta = getattr(ds, "file_meta", None)
     syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
     if syntax is None:

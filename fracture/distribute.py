@@ -132,7 +132,7 @@ class Setup:
         the chief's newest commit (shared file system), so every worker resumes at the same epoch."""
         if self.is_chief:
             return run_dir
-        from fracture import resume
+        from fracture import resume  # here, not at the top: it loads Keras, which this module does not
 
         folder = Path(tempfile.mkdtemp(prefix=f"fracture-worker{self.worker_index}-")) / run_dir.name
         self.temp_dirs.append(folder.parent)

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from fracture import config as config_lib
+from fracture import fileio, plots, portable, runkind, runlock
+from fracture.data import load_index, split_arrays
 from fracture.errors import FractureError
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ TTA_CHOICES = ("none", "flip")
 
 def resolve_member(name_or_path, runs_dir) -> Path:
     """A run folder from a path, or a name inside runs_dir (as the other verbs take --run)."""
-    from fracture.model import find_run
+    from fracture.runs import find_run  # here, not at the top: it loads Keras, which this module does not
 
     path = Path(name_or_path)
     if not path.exists() and (Path(runs_dir) / path).exists():
@@ -56,8 +58,7 @@ def check_members(configs: dict) -> None:
 
 def member_probabilities(run, split: str, tta: str = "none") -> pd.DataFrame:
     """One member's predictions table of `split` (its own decoding size), TTA views averaged."""
-    from fracture.data import load_index, split_arrays
-    from fracture.evaluate import predict_images
+    from fracture.evaluation import predict_images  # here, not at the top: it loads sklearn, which this module does not
 
     cfg = run.config
     arrays = split_arrays(load_index(cfg), cfg)
@@ -93,8 +94,7 @@ def build(runs, tta: str = "none", threshold: str | float | None = None, name: s
     interrupted one names the command that finishes it), `complete.json` last. The same command
     again finishes an interrupted ensemble; force=True replaces an existing folder of that name.
     overrides (key=value, e.g. data_dir=...) apply to every member's config: data that moved."""
-    from fracture import portable, runlock
-    from fracture.model import load_run
+    from fracture.runs import load_run  # here, not at the top: it loads Keras, which this module does not
 
     if tta not in TTA_CHOICES:
         raise FractureError(f"unknown --tta {tta!r}: choose one of {', '.join(TTA_CHOICES)}")
@@ -125,7 +125,7 @@ def _prepare_folder(out_dir: Path, members: dict, tta: str, chosen, force: bool,
     """Empty (force), resume (the same ensemble, interrupted) or refuse an existing folder; then kind.json."""
     import shutil
 
-    from fracture import resume, runkind
+    from fracture import resume  # here, not at the top: it loads Keras, which this module does not
 
     plan = {"members": sorted(str(r.path.resolve()) for r in members.values()), "tta": tta, "threshold": str(chosen)}
     if out_dir.exists() and force:
@@ -145,8 +145,9 @@ def _prepare_folder(out_dir: Path, members: dict, tta: str, chosen, force: bool,
 
 
 def _build(members: dict, cfg, out_dir: Path, tta: str) -> Path:
-    from fracture import fileio, resume
-    from fracture.evaluate import choose_threshold, save_plots, score_frame
+    from fracture import resume  # here, not at the top: it loads Keras, which this module does not
+    # here, not at the top: it loads sklearn, which this module does not
+    from fracture.evaluation import choose_threshold, score_frame
 
     frames = {split: average({n: member_probabilities(r, split, tta) for n, r in members.items()})
               for split in ("val", "test")}
@@ -168,7 +169,7 @@ def _build(members: dict, cfg, out_dir: Path, tta: str) -> Path:
         metrics["test"].update(final=True, evaluated=datetime.now().isoformat(timespec="seconds"), evaluations=1)
     for split, frame in frames.items():  # no training curves: an ensemble is not trained
         if split in metrics:
-            save_plots(None, frame, metrics[split], out_dir / "plots", value, split)
+            plots.save_plots(None, frame, metrics[split], out_dir / "plots", value, split)
     cfg.to_yaml(out_dir / "config.yaml")
     fileio.atomic_write_text(out_dir / "ensemble.json", json.dumps({
         "members": [{"name": n, "path": str(r.path.resolve()), "image_size": r.config.image_size,
@@ -190,9 +191,7 @@ def _threshold_setting(members: dict, threshold) -> str | float:
 
 
 def cli_ensemble(args) -> None:
-    from fracture.evaluate import format_table
-
-    from fracture import portable
+    from fracture.evaluation import format_table  # here, not at the top: it loads sklearn, which this module does not
 
     runs, overrides = portable.split_overrides(args.runs)  # `--runs A B data_dir=...` reads as intended
     out_dir = build(runs, args.tta, args.threshold, args.name, args.runs_dir, force=args.force,

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from fracture import __version__
 from fracture.errors import FractureError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def inference_model(model):
     import keras
     import numpy as np
 
-    from fracture.model import PREPROCESS_LAYERS
+    from fracture.model import PREPROCESS_LAYERS  # here, not at the top: it loads Keras, which this module does not
 
     augmentation = {name for name in PREPROCESS_LAYERS if name.startswith("augment_")}
 
@@ -76,8 +77,6 @@ def export_path(run_dir, fmt: str) -> Path:
 def metadata(run) -> dict:
     """What a deployment needs beside the graph: threshold, input contract, provenance."""
     import keras
-
-    from fracture import __version__
 
     size = int(run.model.input_shape[1])
     return {
@@ -168,7 +167,7 @@ def _embed_onnx_metadata(path: Path, info: dict) -> None:
 
 
 def cli_export(args) -> None:
-    from fracture.model import load_run
+    from fracture.runs import load_run  # here, not at the top: it loads Keras, which this module does not
 
     run = load_run(args.run)
     path = export_run(run, args.format)

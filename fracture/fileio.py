@@ -23,6 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from fracture import diskspace
+
 PARTIAL = ".partial-"
 
 
@@ -72,8 +74,6 @@ def atomic_path(path):
     """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one step.
     On any error (or a kill) `path` keeps its old content; the temporary file is removed on errors.
     No space, a read-only folder or a denied permission raise `diskspace.StorageError` naming `path`."""
-    from fracture import diskspace
-
     path = Path(path)
     tmp = None
     try:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from fracture.config import Config
+from fracture.dicomcodecs import check_decodable
 from fracture.errors import ImageError
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,6 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
 def _decode_dicom(data: bytes, max_pixels: int) -> tuple:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
-
-    from fracture.dicomcodecs import check_decodable
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))  # parses elements; PixelData stays raw bytes

@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from fracture import config as config_lib
+from fracture import training
 from fracture.errors import ConfigError
+from fracture.imageio import read_gray
+from fracture.plots import new_figure
 
 PROFILE_ENV = "FRACTURE_NOTEBOOK_PROFILE"
 PROFILES = ("full", "smoke")
@@ -106,7 +109,7 @@ def relative_paths(frame, column: str = "path", to=None):
 
 def ensure_smoke_data() -> None:
     if not (root() / SMOKE_DATA / "MURA-v1.1" / "train_image_paths.csv").is_file():
-        from fracture.synth import generate
+        from fracture.synth import generate  # here, not at the top: it loads cv2, which this module does not
 
         generate(root() / SMOKE_DATA, patients=24, seed=0, max_size=128, min_size=96)
 
@@ -119,8 +122,8 @@ def recipe(cfg: config_lib.Config) -> dict:
 
 def reusable_run(cfg: config_lib.Config) -> Path | None:
     """The newest complete run in cfg.runs_dir trained with exactly this recipe, or None."""
-    from fracture import resume
-    from fracture.model import _completed_at
+    from fracture import resume  # here, not at the top: it loads Keras, which this module does not
+    from fracture.runs import completed_at  # here, not at the top: it loads Keras, which this module does not
 
     wanted, found = recipe(cfg), []
     for folder in sorted(Path(cfg.runs_dir).glob("*")):
@@ -131,27 +134,25 @@ def reusable_run(cfg: config_lib.Config) -> Path | None:
                 continue
             if recipe(stored) == wanted:
                 found.append(folder)
-    return max(found, key=_completed_at) if found else None
+    return max(found, key=completed_at) if found else None
 
 
 def train_or_reuse(cfg: config_lib.Config, reuse: bool = True) -> tuple[Path, bool]:
     """(run folder, reused?). The smoke profile always trains afresh (replacing its last run); the
     full profile reuses a complete run of the same recipe when `reuse`, else trains a new one."""
-    from fracture.train import train
-
     if cfg.run_name == SMOKE["run_name"] and Path(cfg.runs_dir).name == "smoke":
         shutil.rmtree(Path(cfg.runs_dir) / cfg.run_name, ignore_errors=True)
     elif reuse:
         found = reusable_run(cfg)
         if found is not None:
             return found, True
-    return train(cfg), False
+    return training.train(cfg), False
 
 
 def find_run(run: str = "", profile_name: str = "full") -> Path:
     """The run the notebooks use: `run` (a folder) when given; else the newest complete run in
     saved_models/, or in the smoke profile the train notebook's smoke run (trained here if missing)."""
-    from fracture.model import find_run as find
+    from fracture.runs import find_run as find  # here, not at the top: it loads Keras, which this module does not
 
     if run and not Path(run).is_absolute():
         run = str(root() / run)
@@ -166,7 +167,7 @@ def find_run(run: str = "", profile_name: str = "full") -> Path:
 
 def load_run(run: str = "", profile_name: str = "full"):
     """fracture.load_run on `find_run(...)`, its config's paths resolved against the repository root."""
-    from fracture.model import load_run as load
+    from fracture.runs import load_run as load  # here, not at the top: it loads Keras, which this module does not
 
     loaded = load(find_run(run, profile_name))
     return dataclasses.replace(loaded, config=resolve_paths(loaded.config))
@@ -183,7 +184,7 @@ def final_test_scores(run) -> tuple[dict, bool]:
     """(the run's final test scores, evaluated now?). The test split is the final report, evaluated
     once: a run whose metrics.json already holds it (`make demo` evaluates it) is not scored again,
     so re-running the notebook never turns the test split into a second validation set."""
-    from fracture.evaluate import evaluate
+    from fracture.evaluation import evaluate  # here, not at the top: it loads sklearn, which this module does not
 
     stored = run.metrics.get("test")
     if isinstance(stored, dict) and stored.get("final"):
@@ -198,9 +199,6 @@ def final_test_scores(run) -> tuple[dict, bool]:
 def samples_figure(frame, n: int = 8, seed: int = 0):
     """A row of training images, half normal, half abnormal, titled with label and patient."""
     import pandas as pd
-
-    from fracture.imageio import read_gray
-    from fracture.plots import new_figure
 
     train = frame[frame["split"] == "train"]
     picks = pd.concat([part.sample(min(n // 2, len(part)), random_state=seed)

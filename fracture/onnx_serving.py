@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from fracture import scores
+from fracture.data import expand_image_paths, load_images, resize
 from fracture.errors import FractureError
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,8 @@ class OnnxModel:
 
 
 def predict_paths(model: OnnxModel, paths, batch_size: int = 16):
-    """`evaluate.predict_paths` for an ONNX model: one row per file, unreadable ones with their reason."""
+    """`evaluation.predict_paths` for an ONNX model: one row per file, unreadable ones with their reason."""
     import pandas as pd
-
-    from fracture.data import expand_image_paths, load_images
 
     files = expand_image_paths(paths)
     images, ok, skipped = load_images(files, model.size, max_pixels=model.max_pixels)
@@ -113,8 +112,6 @@ class OnnxPredictor:
                                    config=SimpleNamespace(max_pixels=self.model.max_pixels))
 
     def prepare(self, gray: np.ndarray) -> np.ndarray:
-        from fracture.data import resize
-
         return resize(gray, self.size).astype(np.float32)[None, :, :, None]
 
     def probability(self, x: np.ndarray) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fracture.fileio import atomic_path
-from fracture.scores import ABNORMAL, NORMAL, is_abnormal
+from fracture.scores import ABNORMAL, NORMAL, is_abnormal, study_level
 
 DPI = 150  # saved resolution: 150 reads well on screen and in a draft; pass dpi=300 for print
 FONT_SIZE = 10  # points; with the figure sizes below, legible at one column of a paper (~3.5 in)
@@ -57,8 +57,6 @@ def _font(ax, size=FONT_SIZE):
 
 def levels(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """{'image': frame, 'study': one row per study (mean probability, MURA protocol)}."""
-    from fracture.evaluate import study_level
-
     return {"image": frame, "study": study_level(frame)}
 
 

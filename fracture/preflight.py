@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from fracture import config as config_lib
+from fracture import diskspace
+from fracture.data import load_index
 from fracture.errors import DataError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,6 @@ def check_splits(frame: pd.DataFrame) -> None:
 
 def check(cfg) -> pd.DataFrame:
     """Validate `cfg` and index its data; returns the image table that training will use."""
-    from fracture.data import load_index
-
-    from fracture import diskspace
 
     config_lib.validate(cfg)  # a Config built in code, not through load(), is checked too
     # A read-only, full-permission-denied or impossible folder fails here, not after the model is built.

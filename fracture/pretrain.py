@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fracture.fileio import atomic_path
+
 
 def standalone_backbone(backbone: str, image_size: int):
     """keras.applications.<backbone> without its top, random weights, for `image_size` RGB input."""
@@ -28,8 +30,6 @@ def save_notop_weights(model, backbone: str, path) -> Path:
     each layer of a fresh standalone backbone takes the arrays of its namesake."""
     import h5py
     from keras.src.legacy.saving import legacy_h5_format  # the layout keras.applications loads
-
-    from fracture.fileio import atomic_path
 
     reference = standalone_backbone(backbone, model.input_shape[1])
     ours = {layer.name: layer for layer in model.layers}

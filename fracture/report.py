@@ -26,7 +26,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fracture import tracking
+from fracture.cam import maps_and_logits, overlay
+from fracture.cam.checks import cam_layers
+from fracture.cam.sanity import PASS_BELOW, verdicts
+from fracture.data import find_mura_root, load_index, resize
 from fracture.errors import FractureError
+from fracture.fileio import atomic_write_text
+from fracture.imageio import read_gray
+from fracture.machine import git_commit
+from fracture.plots import new_figure
+from fracture.scores import is_abnormal
+from fracture.tracking import read_run_id
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +107,6 @@ def fig_png(fig, dpi: int = 110) -> bytes:
 # --------------------------------------------------------------------------------------------
 def _index(cfg):
     """The dataset's image table as training split it, or (None, reason) when it cannot be read."""
-    from fracture.data import load_index
-
     try:
         return load_index(cfg), ""
     except (FractureError, OSError) as exc:
@@ -106,8 +115,7 @@ def _index(cfg):
 
 def is_synthetic(cfg) -> bool:
     """A tree written by `fracture synth` (it carries the boxes file MURA lacks)."""
-    from fracture.data import find_mura_root
-    from fracture.synth import BOXES_CSV
+    from fracture.synth import BOXES_CSV  # here, not at the top: it loads cv2, which this module does not
 
     try:
         return (find_mura_root(cfg.data_dir) / BOXES_CSV).is_file()
@@ -172,13 +180,14 @@ def reference_section(run) -> Section:
 
 
 def model_section(run) -> Section:
-    from fracture.model import PREPROCESS_LAYERS
+    from fracture.model import PREPROCESS_LAYERS  # here, not at the top: it loads Keras, which this module does not
 
     cfg, model, metrics = run.config, run.model, run.metrics
     weights = cfg.weights
     if weights.lower() == "imagenet":
         try:
-            from fracture.model import imagenet_source
+            # here, not at the top: it loads Keras, which this module does not
+            from fracture.weights import imagenet_source
 
             weights += f" (Keras applications, {imagenet_source(cfg.backbone)[0]})"
         except Exception:  # the origin is a nicety; the name is the fact
@@ -249,7 +258,7 @@ def score_table(scores: dict) -> pd.DataFrame:
 
 
 def evaluation_section(run) -> Section:
-    from fracture.evaluate import score_frame
+    from fracture.evaluation import score_frame  # here, not at the top: it loads sklearn, which this module does not
 
     metrics = run.metrics
     parts = [facts([("Threshold", f"{run.threshold:.3f}: {metrics.get('threshold_rule', 'fixed by the config')} "
@@ -291,8 +300,6 @@ def evaluation_section(run) -> Section:
 def failure_cases(frame: pd.DataFrame, threshold: float, k: int) -> dict[str, pd.DataFrame]:
     """The k most confident misses: false negatives with the lowest probability, false positives
     with the highest (image level, at the run's threshold)."""
-    from fracture.scores import is_abnormal
-
     predicted = is_abnormal(frame["probability"].to_numpy(), threshold)
     misses_fn = frame[(frame["label"] == 1) & ~predicted].sort_values("probability", ascending=True)
     misses_fp = frame[(frame["label"] == 0) & predicted].sort_values("probability", ascending=False)
@@ -301,12 +308,6 @@ def failure_cases(frame: pd.DataFrame, threshold: float, k: int) -> dict[str, pd
 
 def failure_figure(run, cases: pd.DataFrame, title: str):
     """The cases' X-rays with their Grad-CAM overlays (fracture class), or None when unreadable."""
-    from fracture.app import cam_layers
-    from fracture.cam import maps_and_logits, overlay
-    from fracture.data import resize
-    from fracture.imageio import read_gray
-    from fracture.plots import new_figure
-
     layers = cam_layers(run.model, run.config.backbone)
     if not layers or not len(cases):
         return None
@@ -364,8 +365,6 @@ def explainability_section(run, cam_out) -> Section:
         parts.append(figure(panel, f"CAM panel: {panel.parent.name}"))
     sanity, evaluation = run.path / "cam_sanity.csv", run.path / "cam_eval.csv"
     if sanity.is_file():
-        from fracture.cam.sanity import PASS_BELOW, verdicts
-
         frame = pd.read_csv(sanity)
         rows = [{"method": m, "layer": layer, "spearman, all randomized": rho,
                  "verdict": f"{'passes' if ok else 'FAILS'} (needs < {PASS_BELOW})"}
@@ -407,9 +406,6 @@ def intended_use_section(run, synthetic: bool) -> Section:
 
 
 def reproducibility_section(run) -> Section:
-    from fracture.machine import git_commit
-    from fracture.tracking import read_run_id
-
     cfg = run.config
     commit, dirty = git_commit()
     versions = []
@@ -448,7 +444,7 @@ def _cpu_model() -> str:
 
 
 def _completed(run) -> str:
-    from fracture.resume import MARKER
+    from fracture.resume import MARKER  # here, not at the top: it loads Keras, which this module does not
 
     marker = run.path / MARKER
     if marker.is_file():
@@ -503,16 +499,13 @@ def render(run, parts: list[Section]) -> str:
 
 
 def write_report(run, cam_out="layer_outputs", failures: int = 3) -> Path:
-    from fracture.fileio import atomic_write_text
-
     path = run.path / REPORT_FILE
     atomic_write_text(path, render(run, sections(run, cam_out, failures)))
     return path
 
 
 def cli_report(args) -> None:
-    from fracture import tracking
-    from fracture.model import load_run
+    from fracture.runs import load_run  # here, not at the top: it loads Keras, which this module does not
 
     run = load_run(args.run)
     path = write_report(run, args.cam_out, args.failures)

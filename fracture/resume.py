@@ -16,8 +16,7 @@ state.json (the commit's content) carries what Keras callbacks forget across a r
 
 The newest commit and the one before are kept; a commit whose weights cannot be read is renamed
 `*.broken` and the one before is used, with a warning. A run is complete when `complete.json`
-exists (written after metrics.json and plots); folders from before this contract count as complete
-when they hold model.keras and a readable metrics.json but no backup/.
+exists (written after metrics.json and plots).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import keras
 import numpy as np
 
 from fracture import config as config_lib
-from fracture import diskspace, fileio
+from fracture import diskspace, fileio, runkind
 from fracture.errors import ConfigError, FractureError
 
 log = logging.getLogger(__name__)
@@ -49,24 +48,36 @@ RESUME_FREE_KEYS = ("mlflow", "mlflow_experiment", "cache_dir", "runs_dir", "ver
 RESUME_GROWING_KEYS = ("epochs",)
 CALLBACK_STATE = ("wait", "best", "best_epoch", "cooldown_counter")
 
+# BestModel and RunBackup extend Keras's ModelCheckpoint and BackupAndRestore through members Keras
+# keeps private, which may change in any release. They are the same in Keras 3.11 to 3.15 (a `best`
+# of None, as a fresh run restores, needs MonitorCallback._is_improvement: 3.11); `export
+# --format litert` needs 3.13. pyproject.toml pins this range; constraints.txt the tested version.
+KERAS_SUPPORTED = ">=3.13,<3.16"
+KERAS_PRIVATE = {"ModelCheckpoint": ("_save_model", "_get_file_path", "_is_improvement"),
+                 "BackupAndRestore": ("_load_model",)}
+KERAS_PRIVATE_ATTRIBUTES = ("_weights_path", "_training_metadata_path")  # set by BackupAndRestore.__init__
+
+
+def _keras_mismatch(missing: list[str]) -> FractureError:
+    return FractureError(
+        f"Keras {keras.__version__} lacks {', '.join(missing)}, which fracture's resumable training "
+        f"(fracture/resume.py) builds on: install a supported Keras (pip install 'keras{KERAS_SUPPORTED}')")
+
+
+def require_keras_callbacks() -> None:
+    """FractureError unless Keras's callback classes have the private methods this module overrides."""
+    missing = [f"keras.callbacks.{cls}.{name}" for cls, names in KERAS_PRIVATE.items() for name in names
+               if not callable(getattr(getattr(keras.callbacks, cls), name, None))]
+    if missing:
+        raise _keras_mismatch(missing)
+
 
 # --------------------------------------------------------------------------------------------
 # run status
 # --------------------------------------------------------------------------------------------
 def is_complete(run_dir) -> bool:
     run_dir = Path(run_dir)
-    return (run_dir / MARKER).is_file() or _legacy_complete(run_dir)
-
-
-def _legacy_complete(run_dir: Path) -> bool:
-    """A run written before complete.json existed: its metrics.json came last, backup/ was gone."""
-    if not (run_dir / "model.keras").is_file() or (run_dir / BACKUP).exists():
-        return False
-    try:
-        json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
+    return (run_dir / MARKER).is_file()
 
 
 def is_incomplete(run_dir) -> bool:
@@ -77,8 +88,6 @@ def is_incomplete(run_dir) -> bool:
 
 
 def resume_hint(run_dir) -> str:
-    from fracture import runkind
-
     command = runkind.resume_command(run_dir)
     if command:  # a cv or ensemble folder: training into it would put an unrelated model there
         return f"rerun the command that started it to finish it: `{command}`"
@@ -249,6 +258,7 @@ class BestModel(keras.callbacks.ModelCheckpoint):
     best model. RunBackup sets `best` and `best_epoch` from the commit it resumes from."""
 
     def __init__(self, backup_dir):
+        require_keras_callbacks()
         super().__init__(str(Path(backup_dir) / "best-{epoch:04d}.keras"), monitor="val_auc", mode="max",
                          save_best_only=True)
         self.best_epoch = None
@@ -272,7 +282,12 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     history.csv back to it and hands the best score and counters back to the other callbacks."""
 
     def __init__(self, run_dir, checkpoint: BestModel, stateful=()):
+        require_keras_callbacks()
         super().__init__(str(Path(run_dir) / BACKUP), delete_checkpoint=False)
+        missing = [f"keras.callbacks.BackupAndRestore().{name}" for name in KERAS_PRIVATE_ATTRIBUTES
+                   if not isinstance(getattr(self, name, None), str)]
+        if missing:  # _restore_newest_readable points these at a commit before Keras's _load_model reads them
+            raise _keras_mismatch(missing)
         self.run_dir = Path(run_dir)
         self.checkpoint = checkpoint
         self.stateful = [cb for cb in stateful if cb is not None]
@@ -322,9 +337,6 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             log.warning("no readable backup in %s: training %s starts again at epoch 1", self.backup_dir,
                         self.run_dir.name)
         self.model._initial_epoch = 0
-        if (Path(self.backup_dir) / "latest.weights.h5").is_file():
-            log.warning("%s/latest.weights.h5 is a backup from before resume states existed (no best score): "
-                        "ignored, training %s starts at epoch 1", self.backup_dir, self.run_dir.name)
         return fresh_state()
 
     def _tidy(self) -> None:

@@ -18,6 +18,7 @@ import os
 import socket
 from pathlib import Path
 
+from fracture import diskspace
 from fracture.errors import FractureError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ def hold(run_dir, verb: str):
         log.warning("no file locking on this system: make sure no other process writes %s", run_dir)
         yield
         return
-    from fracture import diskspace
 
     path = lock_path(run_dir)
     try:

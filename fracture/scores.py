@@ -1,8 +1,8 @@
-"""The one probability and the one label rule, shared by the app, the CAM panels and evaluation.
+"""The one probability, label rule and study score, shared by the app, the CAM panels, plots and evaluation.
 
-Keras-free on purpose: the web app, `evaluate` and `fracture.cam` all import it, and the rule must
-not differ between them: a label computed one way in the app and another in the metrics would
-let the page and the reported scores disagree about the same image.
+Keras-free on purpose: the web app, `evaluation`, `plots` and `fracture.cam` all import it, and the
+rules must not differ between them: a label (or a study's score) computed one way in the app and
+another in the metrics would let the page and the reported scores disagree about the same image.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 ABNORMAL, NORMAL = "abnormal", "normal"
 
@@ -59,6 +60,24 @@ def verdict(probability: float, threshold: float, band: float = UNCERTAIN_BAND) 
     """label(probability, threshold), flagged uncertain when |probability - threshold| < band."""
     p = float(probability)
     return Verdict(label(p, threshold), abs(p - float(threshold)) < band)
+
+
+def study_level(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per study: its label and the mean of its images' probabilities (MURA protocol), and
+    its patient when the table has one."""
+    grouped = frame.groupby("study", sort=True)
+    labels = grouped["label"].agg(["min", "max"])
+    mixed = labels[labels["min"] != labels["max"]]
+    if len(mixed):
+        raise ValueError(f"images of study {mixed.index[0]} carry different labels")
+    out = pd.DataFrame({
+        "label": labels["max"].astype(int),
+        "probability": grouped["probability"].mean(),
+        "images": grouped.size(),
+    })
+    if "patient" in frame:
+        out["patient"] = grouped["patient"].first()
+    return out.reset_index()
 
 
 def near_threshold(probability, threshold, band: float = UNCERTAIN_BAND):

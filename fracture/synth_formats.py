@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fracture.data import index_mura
 from fracture.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ YOLO_CLASS = "humerus fracture"
 
 def generate_format(out_dir, fmt: str = "mura", **kwargs) -> Path:
     """Write the synthetic set in layout `fmt` under out_dir; returns the folder to set as data_dir."""
-    from fracture.synth import generate
+    from fracture.synth import generate  # here, not at the top: it loads cv2, which this module does not
 
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -58,8 +59,7 @@ def generate_format(out_dir, fmt: str = "mura", **kwargs) -> Path:
 
 def _mura_table(root: Path) -> pd.DataFrame:
     """One row per image of a synthetic MURA tree: path, label, patient, split, its box or None."""
-    from fracture.data import index_mura
-    from fracture.synth import load_boxes
+    from fracture.synth import load_boxes  # here, not at the top: it loads cv2, which this module does not
 
     frame = index_mura(root, "all")
     boxes = load_boxes(root).set_index("path")

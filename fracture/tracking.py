@@ -29,7 +29,10 @@ import time
 import warnings
 from pathlib import Path
 
+from fracture import machine
+import fracture
 from fracture.errors import FractureError
+from fracture.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +126,6 @@ def dataset_input(cfg, frame, context: str = "training"):
 def run_tags(cfg, run_dir: Path, frame=None) -> dict[str, str]:
     import keras
 
-    import fracture
-    from fracture import machine
-
     record = machine.describe()
     commit, dirty = record["git_commit"], record["git_dirty"]
     run_dir = Path(run_dir).resolve()
@@ -173,8 +173,6 @@ def moved_from(run_dir) -> str | None:
 
 
 def write_run_id(run_dir, run_id: str, uri: str) -> None:
-    from fracture.fileio import atomic_write_text
-
     atomic_write_text(Path(run_dir) / RUN_ID_FILE, f"{run_id}\n{uri}\n{Path(run_dir).resolve()}\n")
 
 

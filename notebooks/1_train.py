@@ -63,8 +63,8 @@ import pandas as pd
 import fracture as fr
 from fracture import notebook as nb
 from fracture import plots
-from fracture.evaluate import format_table
-from fracture.train import class_weights
+from fracture.evaluation import format_table
+from fracture.training import class_weights
 
 cfg = nb.config(profile, config_file, data_dir=data_dir, image_size=image_size, epochs=epochs,
                 batch_size=batch_size, run_name=run_name, verbose=verbose)

@@ -44,7 +44,7 @@ import pandas as pd
 
 import fracture as fr
 from fracture import notebook as nb
-from fracture.evaluate import format_table
+from fracture.evaluation import format_table
 
 pd.set_option("display.max_colwidth", None, "display.width", 120)  # whole file paths in tables
 

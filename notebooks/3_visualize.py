@@ -56,7 +56,7 @@ import pandas as pd
 import fracture as fr
 from fracture import cam
 from fracture import notebook as nb
-from fracture.evaluate import format_table
+from fracture.evaluation import format_table
 
 loaded = nb.load_run(run, profile)
 split = "test" if "test" in loaded.metrics else "val"

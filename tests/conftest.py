@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import fracture as fr  # noqa: E402
+from fracture import training  # noqa: E402
 
 TINY = dict(weights="none", image_size=32, epochs=1, batch_size=8, trainable_layers=-1,
             learning_rate=1e-3, mlflow=False, dense_units=[16, 8, 4])
@@ -55,17 +56,14 @@ def train_keeping_the_model(cfg, monkeypatch):
     After training, that object holds the last epoch's weights in memory: they never went through
     model.keras. With epochs=1 the last epoch is the best one, so it is an independent reference for
     what load_run must give back (the predictions train writes come from the reloaded model)."""
-    import importlib
-
-    train_module = importlib.import_module("fracture.train")  # fr.train, the attribute, is the function
     fitted = []
-    real_compile = train_module.compile_model
+    real_compile = training.compile_model
 
     def compile_and_keep(model, cfg):
         fitted.append(model)
         return real_compile(model, cfg)
 
-    monkeypatch.setattr(train_module, "compile_model", compile_and_keep)
+    monkeypatch.setattr(training, "compile_model", compile_and_keep)
     run_dir = fr.train(cfg)
     assert len(fitted) == 1, "train compiled more than one model: which one was fitted?"
     return run_dir, fitted[0]
@@ -168,7 +166,7 @@ def positives(planted):
 def run_copy(trained_run, tmp_path_factory):
     """The session run in a folder of its own (files written here do not leak into other tests),
     loaded once so the tests below share its compiled CAM functions."""
-    from fracture.model import load_run
+    from fracture.runs import load_run
 
     folder = tmp_path_factory.mktemp("cam_run") / "tiny"
     folder.mkdir()

@@ -6,27 +6,26 @@ worker's own result is compared (the non-chief's checkpoints go to a temporary f
 
 import json
 import logging
-import importlib
 import sys
 
 import numpy as np
 
 import fracture as fr
+from fracture import training
 
 
 def main(out, overrides):
     import keras
     keras.config.disable_traceback_filtering()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    train_module = importlib.import_module("fracture.train")  # fr.train, the attribute, is the function
     fitted = []
-    real_compile = train_module.compile_model
+    real_compile = training.compile_model
 
     def compile_and_keep(model, cfg):
         fitted.append(model)
         return real_compile(model, cfg)
 
-    train_module.compile_model = compile_and_keep
+    training.compile_model = compile_and_keep
     run_dir = fr.train(fr.load_config(overrides=overrides))
     (model,) = fitted
     np.savez(out, *[np.asarray(w, np.float32) for w in model.get_weights()])

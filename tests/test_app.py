@@ -32,7 +32,7 @@ PREDICT_KEYS = {"probability", "label", "uncertain", "verdict", "threshold", "ru
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run(trained_run):
-    from fracture.model import load_run
+    from fracture.runs import load_run
 
     return load_run(trained_run)
 
@@ -69,7 +69,7 @@ def post(client, data: bytes, query: str = "", filename="xray.png", field="file"
 def expected_probability(run, gray) -> float:
     """What the CLI's batch path (model.predict) says for the same image."""
     from fracture.data import resize
-    from fracture.evaluate import predict_images
+    from fracture.evaluation import predict_images
 
     return float(predict_images(run.model, resize(gray, run.config.image_size)[None, :, :, None])[0])
 
@@ -177,7 +177,8 @@ def test_one_pass_cam_equals_the_public_api(synth_root, tmp_path_factory):
 
     import fracture as fr
     from fracture.cam import cam_maps
-    from fracture.model import Run, build_model
+    from fracture.model import build_model
+    from fracture.runs import Run
 
     keras.utils.set_random_seed(0)  # weights under which neither layer's map is all zero
     cfg = fr.load_config(overrides=dict(weights="none", image_size=64, dense_units=[16, 8, 4]), frozen_random_backbone=True)
@@ -438,7 +439,8 @@ def test_the_app_answers_like_model_predict_on_this_backend(tmp_path):
     import keras
 
     import fracture as fr
-    from fracture.model import Run, build_model
+    from fracture.model import build_model
+    from fracture.runs import Run
 
     keras.utils.set_random_seed(0)
     cfg = fr.load_config(overrides=dict(backbone="VGG16", weights="none", image_size=32, dense_units=[16, 8, 4]),

@@ -208,7 +208,7 @@ def test_a_bomb_is_refused_from_its_header_whatever_the_limit(corpus):
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run(trained_run):
-    from fracture.model import load_run
+    from fracture.runs import load_run
 
     return load_run(trained_run)
 
@@ -226,7 +226,7 @@ def upload(client, path):
 
 
 def test_training_predict_and_app_agree(corpus, run, client):
-    from fracture.evaluate import predict_paths
+    from fracture.evaluation import predict_paths
 
     names = list(corpus)
     paths = [corpus[name][0] for name in names]

@@ -167,7 +167,7 @@ def test_cam_evaluate_scores_against_coco_boxes(trained_run, written, tmp_path):
     boxes; a random per-pixel map hits a box as often as the boxes cover the image."""
     fmt, root = written
     from fracture.cam.metrics import evaluate_localization
-    from fracture.model import Run, load_run
+    from fracture.runs import Run, load_run
 
     run = load_run(trained_run)
     cfg = fr.load_config(overrides=dict(run.config.to_dict(), data_format=fmt, data_dir=str(root)))
@@ -194,7 +194,7 @@ def test_web_app_shows_the_boxes_of_a_dataset_file(trained_run, written, tmp_pat
 
     from fracture.app import create_app
     from fracture.cam.metrics import boxes_by_path
-    from fracture.model import Run, load_run
+    from fracture.runs import Run, load_run
 
     fmt, root = written
     run = load_run(trained_run)

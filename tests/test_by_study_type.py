@@ -12,7 +12,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 import fracture as fr
 from fracture.cli import main
-from fracture.evaluate import format_study_type_table, score_frame
+from fracture.evaluation import format_study_type_table, score_frame
 
 
 def _frame(seed=0):

@@ -550,7 +550,7 @@ def test_cli_cam_evaluates_and_renders(run_copy, tmp_path, capsys, monkeypatch):
 
     # The already loaded run, so its compiled CAM functions are reused (loading costs seconds).
     asked = []
-    monkeypatch.setattr("fracture.model.load_run", lambda path: asked.append(path) or run_copy)
+    monkeypatch.setattr("fracture.runs.load_run", lambda path: asked.append(path) or run_copy)
     out = tmp_path / "maps"
     images = cam.default_images(run_copy, 2)
     assert main(["cam", "--run", str(run_copy.path), "--out", str(out), "--layers", "relu", "--methods",

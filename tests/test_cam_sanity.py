@@ -206,7 +206,7 @@ def test_evaluate_reports_both_random_baselines(run_copy):
 def test_cli_sanity_writes_the_table_and_the_figure(run_copy, capsys, monkeypatch):
     from fracture.cli import main
 
-    monkeypatch.setattr("fracture.model.load_run", lambda path: run_copy)
+    monkeypatch.setattr("fracture.runs.load_run", lambda path: run_copy)
     assert main(["cam", "--run", str(run_copy.path), "--sanity", "--layers", "relu", "--methods", "gradcam",
                  "--limit", "2"]) == 0
     printed = capsys.readouterr().out

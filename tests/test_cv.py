@@ -2,7 +2,6 @@
 the mistakes cv refuses before training, and one tiny 2-fold cv end to end (fold runs, cv.json,
 MLflow parent with child runs, a rerun that skips the complete folds)."""
 
-import importlib
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ from mlflow import MlflowClient
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 import fracture as fr
-from fracture import cv, tracking
+from fracture import cv, tracking, training
 from fracture.cli import main
 from fracture.errors import ConfigError, DataError, FractureError
 from tests.conftest import tiny_config
@@ -134,7 +133,7 @@ def test_two_fold_cv_end_to_end_with_mlflow_parent_and_children(train_data, tmp_
     def no_training(cfg):
         raise AssertionError(f"trained {cfg.run_name} again")
 
-    monkeypatch.setattr(importlib.import_module("fracture.train"), "train", no_training)  # fr.train is the function
+    monkeypatch.setattr(training, "train", no_training)
     cv_dir, again = cv.cross_validate(cfg)
     assert json.dumps(again, default=float) == json.dumps(summary)
     assert tracking.read_run_id(cv_dir)[0] == parent_id

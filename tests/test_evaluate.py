@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fracture.evaluate import binary_metrics, score_frame, study_level
+from fracture.evaluation import binary_metrics, score_frame
+from fracture.scores import study_level
 
 
 def test_binary_metrics_by_hand():
@@ -56,7 +57,7 @@ def test_mixed_labels_in_a_study_are_an_error():
 def test_predict_images_pads_to_whole_batches_and_cuts_the_padding_off():
     import keras
 
-    from fracture.evaluate import predict_images
+    from fracture.evaluation import predict_images
 
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(1, "sigmoid")])
     seen = []

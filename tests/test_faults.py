@@ -24,7 +24,7 @@ import pytest
 
 import fracture as fr
 from fracture import config as config_lib
-from fracture import data, diskspace, fileio, resume, runlock, tracking
+from fracture import cv, data, diskspace, fileio, plots, resume, runlock, tracking, training
 from fracture.cli import main
 from fracture.errors import ConfigError, DataError, FractureError
 from tests.conftest import tiny_config
@@ -301,12 +301,9 @@ def test_a_damaged_cache_entry_is_named_in_a_warning_and_rebuilt(synth_root, tmp
 # --------------------------------------------------------------------------------------------
 def poison_from_epoch(monkeypatch, epoch: int):
     """Every weight becomes NaN at the start of `epoch` (1-based): the loss is NaN from then on."""
-    import importlib
-
     import keras
 
-    train_module = importlib.import_module("fracture.train")
-    real = train_module.make_callbacks
+    real = training.make_callbacks
 
     class Poison(keras.callbacks.Callback):
         def on_epoch_begin(self, e, logs=None):
@@ -314,7 +311,7 @@ def poison_from_epoch(monkeypatch, epoch: int):
                 for v in self.model.trainable_variables:
                     v.assign(keras.ops.full(v.shape, float("nan"), v.dtype))
 
-    monkeypatch.setattr(train_module, "make_callbacks", lambda cfg, run_dir: [Poison(), *real(cfg, run_dir)])
+    monkeypatch.setattr(training, "make_callbacks", lambda cfg, run_dir: [Poison(), *real(cfg, run_dir)])
 
 
 def test_a_nan_loss_stops_training_and_the_run_completes_from_the_best_finite_epoch(train_data, tmp_path,
@@ -396,23 +393,19 @@ def test_wrong_input_is_one_error_line_before_any_heavy_import(tmp_path, args, e
 # 6. cv and ensemble folders are runs like the others
 # --------------------------------------------------------------------------------------------
 def test_cv_lifecycle_interrupted_hint_refused_train_then_complete(train_data, tmp_path, monkeypatch, caplog, capsys):
-    import importlib
-
-    cv = importlib.import_module("fracture.cv")
-    train_module = importlib.import_module("fracture.train")
     cfg = tiny_config(tmp_path, train_data, run_name="cvx", folds=2, **FAST)
     cv_dir = Path(cfg.runs_dir) / "cvx"
-    real_train = train_module.train
+    real_train = training.train
 
     def train_then_stop(fold_cfg):
         if fold_cfg.fold == 1:
             raise KeyboardInterrupt  # Ctrl-C during the second fold
         return real_train(fold_cfg)
 
-    monkeypatch.setattr(train_module, "train", train_then_stop)
+    monkeypatch.setattr(training, "train", train_then_stop)
     with pytest.raises(KeyboardInterrupt):
         cv.cross_validate(cfg)
-    monkeypatch.setattr(train_module, "train", real_train)
+    monkeypatch.setattr(training, "train", real_train)
     hint = resume.resume_hint(cv_dir)
     assert "fracture cv --config" in hint and "fracture train" not in hint, hint
     with pytest.raises(FractureError, match="cv folder, not a train run"):  # never an unrelated model in it
@@ -430,23 +423,20 @@ def test_cv_lifecycle_interrupted_hint_refused_train_then_complete(train_data, t
 
 def test_ensemble_lifecycle_interrupted_resumes_complete_refused_force_replaces(trained_run, tmp_path,
                                                                                monkeypatch, capsys):
-    import importlib
-
     twin = tmp_path / "members" / "tiny-copy"
     shutil.copytree(trained_run, twin)
     args = ["ensemble", "--runs", str(trained_run), str(twin), "--name", "ens", "--runs-dir", str(tmp_path),
             "--threshold", "0.5"]
-    evaluate_module = importlib.import_module("fracture.evaluate")  # `fracture.evaluate` is also the function
 
-    real_plots = evaluate_module.save_plots
+    real_plots = plots.save_plots
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate_module, "save_plots", interrupted)
+    monkeypatch.setattr(plots, "save_plots", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(args)
-    monkeypatch.setattr(evaluate_module, "save_plots", real_plots)
+    monkeypatch.setattr(plots, "save_plots", real_plots)
     out_dir = tmp_path / "ens"
     assert not resume.is_complete(out_dir)
     hint = resume.resume_hint(out_dir)

@@ -5,7 +5,8 @@ import pytest
 
 from fracture import config
 from fracture.errors import FractureError, WeightsError
-from fracture.model import BACKBONES, PREPROCESS_LAYERS, build_model, imagenet_weights_file, unfrozen_layers
+from fracture.model import BACKBONES, PREPROCESS_LAYERS, build_model, unfrozen_layers
+from fracture.weights import imagenet_weights_file
 
 
 def cfg_of(**overrides):

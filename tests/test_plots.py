@@ -32,7 +32,7 @@ def history():
 
 
 def by_study(frame):
-    """Study table computed here (not with evaluate.study_level): mean probability per study."""
+    """Study table computed here (not with scores.study_level): mean probability per study."""
     return frame.groupby("study").agg(label=("label", "max"), probability=("probability", "mean"))
 
 
@@ -57,12 +57,10 @@ def test_save_plots_writes_every_figure_at_its_size(tmp_path, history, frame):
     assert not list(tmp_path.glob(".*partial*"))  # written through atomic_path, nothing left behind
 
 
-def test_evaluate_save_plots_is_the_same_entry_point(tmp_path, history, frame):
-    from fracture.evaluate import save_plots
-
-    written = save_plots(history, frame, {"image": {}}, tmp_path, 0.5, "test", best_epoch=2)
+def test_a_reevaluation_writes_no_curves_and_keeps_its_own_split_folder(tmp_path, history, frame):
+    written = plots.save_plots(history, frame, {"image": {}}, tmp_path, 0.5, "test", best_epoch=2)
     assert {p.name for p in written} == {plots.CURVES, *plots.FILES} and all(p.is_file() for p in written)
-    again = save_plots(None, frame, None, tmp_path, 0.5, "val")  # a re-evaluation: no curves, its own folder
+    again = plots.save_plots(None, frame, None, tmp_path, 0.5, "val")  # a re-evaluation: no curves, its own folder
     assert {p.relative_to(tmp_path).as_posix() for p in again} == {f"val/{name}" for name in plots.FILES}
 
 

@@ -9,6 +9,7 @@ folder, not against itself. The cheaper tests fabricate run folders or interrupt
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -22,9 +23,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import fracture as fr
-from fracture import fileio, resume
+from fracture import fileio, resume, training
 from fracture.errors import ConfigError, FractureError
-from fracture.model import find_run
+from fracture.runs import find_run
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ CHAIN = dict(backbone="VGG16", trainable_layers=6, dropout=0.0, dense_units=[64,
              learning_rate=1e-3, epochs=EPOCHS, run_name="chain")
 
 DRIVER = r'''
-import contextlib, importlib, json, logging, os, signal, sys
+import contextlib, json, logging, os, signal, sys
 from pathlib import Path
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -43,7 +44,7 @@ import keras
 import numpy as np
 
 import fracture as fr
-from fracture import fileio
+from fracture import fileio, plots, training
 
 cfg = fr.load_config(overrides=json.loads(sys.argv[1]), frozen_random_backbone=True)
 plan, side = json.loads(sys.argv[2]), Path(sys.argv[3])
@@ -71,9 +72,8 @@ class SideRecord(keras.callbacks.Callback):
             f.write(f"{os.getpid()} {epoch + 1}\n")
 
 
-train_module = importlib.import_module("fracture.train")
-make_callbacks = train_module.make_callbacks
-train_module.make_callbacks = lambda cfg, run_dir: [SideRecord(), *make_callbacks(cfg, run_dir)]
+make_callbacks = training.make_callbacks
+training.make_callbacks = lambda cfg, run_dir: [SideRecord(), *make_callbacks(cfg, run_dir)]
 
 save, save_weights, atomic_path = keras.Model.save, keras.Model.save_weights, fileio.atomic_path
 
@@ -104,8 +104,8 @@ def killing_atomic_path(path):
 
 
 keras.Model.save, keras.Model.save_weights, fileio.atomic_path = killing_save, killing_save_weights, killing_atomic_path
-if kill == "plots":  # (fracture.evaluate is the function; this is its module)
-    importlib.import_module("fracture.evaluate").save_plots = lambda *args, **kwargs: die()
+if kill == "plots":
+    plots.save_plots = lambda *args, **kwargs: die()
 fr.train(cfg)
 '''
 
@@ -227,16 +227,15 @@ class Crash(Exception):
 @pytest.mark.backend
 def test_interrupted_run_resumes_on_this_backend(wide_data, tmp_path, monkeypatch, caplog):
     """An exception at epoch 3 (Ctrl-C, OOM...), then the same call: resumes after epoch 2."""
-    module = sys.modules["fracture.train"]  # `fracture.train` is the function
     cfg = tiny_config(tmp_path, wide_data, **{**CHAIN, "epochs": 3, "run_name": f"crash-{keras.backend.backend()}"})
-    make_callbacks = module.make_callbacks
+    make_callbacks = training.make_callbacks
 
     class CrashAtEpoch3(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 2:
                 raise Crash
 
-    monkeypatch.setattr(module, "make_callbacks", lambda c, d: [CrashAtEpoch3(), *make_callbacks(c, d)])
+    monkeypatch.setattr(training, "make_callbacks", lambda c, d: [CrashAtEpoch3(), *make_callbacks(c, d)])
     with pytest.raises(Crash):
         fr.train(cfg)
     run_dir = Path(cfg.runs_dir) / cfg.run_name
@@ -245,7 +244,7 @@ def test_interrupted_run_resumes_on_this_backend(wide_data, tmp_path, monkeypatc
     history = pd.read_csv(run_dir / "history.csv")
     assert state["best_value"] == pytest.approx(history["val_auc"].max())
 
-    monkeypatch.setattr(module, "make_callbacks", make_callbacks)
+    monkeypatch.setattr(training, "make_callbacks", make_callbacks)
     with caplog.at_level("INFO", logger="fracture"):
         fr.train(cfg)
     assert "after epoch 2" in caplog.text
@@ -276,12 +275,15 @@ def fake_run(runs_dir: Path, name: str, *, marker=True, backup=False, metrics=Tr
 
 def test_find_run_skips_incomplete_runs_and_says_so(tmp_path, caplog):
     done = fake_run(tmp_path, "a-done")
-    old = fake_run(tmp_path, "b-legacy", marker=False)  # before complete.json: metrics.json, no backup/
+    later = fake_run(tmp_path, "b-later")
     killed_run = fake_run(tmp_path, "c-killed", marker=False, backup=True, metrics=False)
-    os.utime(done / resume.MARKER, (1, 1))  # the legacy run finished later
+    unmarked = fake_run(tmp_path, "d-unmarked", marker=False)  # metrics.json, no backup/, but no complete.json
+    os.utime(done / resume.MARKER, (1, 1))  # b-later completed later
     with caplog.at_level("WARNING", logger="fracture"):
-        assert find_run(None, tmp_path) == old
-    assert "c-killed" in caplog.text and "a-done" not in caplog.text
+        assert find_run(None, tmp_path) == later
+    assert "c-killed" in caplog.text and "d-unmarked" in caplog.text and "a-done" not in caplog.text
+    with pytest.raises(FractureError, match="incomplete"):
+        find_run(unmarked)
     with pytest.raises(FractureError, match=r"incomplete.*python -m fracture train --config"):
         find_run(killed_run)
     with pytest.raises(FractureError, match="incomplete"):
@@ -352,3 +354,47 @@ def test_remove_partials_sweeps_what_a_kill_left(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     assert [p.name for p in fileio.remove_partials(tmp_path)] == [".metrics.json.partial-x1y2.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# --------------------------------------------------------------------------------------------
+# the private Keras members the resume callbacks build on
+# --------------------------------------------------------------------------------------------
+def test_pyproject_pins_keras_to_the_range_resume_supports_and_the_installed_one_is_in_it():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (keras_spec,) = [Requirement(d).specifier for d in project["dependencies"] if Requirement(d).name == "keras"]
+    assert str(keras_spec) == str(Requirement(f"keras{resume.KERAS_SUPPORTED}").specifier)
+    assert keras.__version__ in keras_spec
+    assert "3.16.0" not in keras_spec  # an upper bound: a new Keras may move the private members
+
+
+@pytest.mark.parametrize("cls, name", [(cls, name) for cls, names in resume.KERAS_PRIVATE.items() for name in names])
+def test_a_keras_without_a_private_method_is_refused_by_name(tmp_path, monkeypatch, cls, name):
+    klass = getattr(keras.callbacks, cls)
+    owner = next(c for c in klass.__mro__ if name in vars(c))  # where Keras defines it (a base class for some)
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(FractureError, match=rf"Keras {keras.__version__} lacks keras\.callbacks\.{cls}\.{name}\b.*"
+                                            rf"keras{re.escape(resume.KERAS_SUPPORTED)}"):
+        resume.RunBackup(tmp_path, resume.BestModel(tmp_path / resume.BACKUP))
+
+
+@pytest.mark.parametrize("name", resume.KERAS_PRIVATE_ATTRIBUTES)
+def test_a_keras_whose_backup_callback_lacks_a_private_path_is_refused_by_name(tmp_path, monkeypatch, name):
+    real_init = keras.callbacks.BackupAndRestore.__init__
+
+    def init_without(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        delattr(self, name)
+
+    best = resume.BestModel(tmp_path / resume.BACKUP)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "__init__", init_without)
+    with pytest.raises(FractureError, match=rf"lacks keras\.callbacks\.BackupAndRestore\(\)\.{name}\b"):
+        resume.RunBackup(tmp_path, best)
+
+
+def test_the_supported_keras_builds_both_callbacks(tmp_path):
+    best = resume.BestModel(tmp_path / resume.BACKUP)
+    assert resume.RunBackup(tmp_path, best).checkpoint is best

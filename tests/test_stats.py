@@ -10,7 +10,7 @@ from scipy.stats import bootstrap
 from sklearn.metrics import accuracy_score, cohen_kappa_score, recall_score, roc_auc_score
 
 from fracture import stats
-from fracture.evaluate import format_table, score_frame
+from fracture.evaluation import format_table, score_frame
 
 
 def patients_table(n_patients=60, seed=0):

@@ -5,7 +5,7 @@ import pytest
 
 from fracture import config
 from fracture.errors import ConfigError
-from fracture.train import make_callbacks, stop_at_target
+from fracture.training import make_callbacks, stop_at_target
 
 
 def test_stops_after_the_first_epoch_at_the_target():

@@ -11,7 +11,7 @@ import fracture as fr
 from fracture import config
 from fracture.errors import FractureError
 from fracture.model import build_model
-from fracture.train import class_weights
+from fracture.training import class_weights
 from tests.conftest import BROKEN, tiny_config, train_keeping_the_model
 
 RUN_FILES = ["model.keras", "config.yaml", "history.csv", "metrics.json", "skipped.csv", "predictions_val.csv",
@@ -85,7 +85,7 @@ def test_reloaded_model_predicts_like_the_model_keras_trained(trained):
 
 def sklearn_scores(frame: pd.DataFrame, threshold: float) -> dict:
     """Image and study scores from scikit-learn called directly; the study mean is taken by hand
-    (a plain loop, not fracture.evaluate.study_level)."""
+    (a plain loop, not fracture.scores.study_level)."""
     from sklearn.metrics import cohen_kappa_score, confusion_matrix, recall_score, roc_auc_score
 
     studies = {}
@@ -152,7 +152,7 @@ def test_train_save_load_on_this_backend(train_data, tmp_path, monkeypatch):
     ("rmsprop", 0.5, dict(momentum=0.5)),
 ], ids=["sgd-nesterov", "sgd-plain", "rmsprop"])
 def test_optimizer_from_config(name, momentum, expected):
-    from fracture.train import compile_model
+    from fracture.training import compile_model
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
     compile_model(model, config.load(overrides=dict(optimizer=name, learning_rate=0.05, momentum=momentum)))
@@ -164,7 +164,7 @@ def test_optimizer_from_config(name, momentum, expected):
 def test_adam_takes_the_learning_rate_and_ignores_momentum():
     """momentum is an SGD/RMSprop setting: for Adam it must change nothing (not beta_1, say), and the
     optimizer must otherwise be Keras's Adam at the config's learning rate."""
-    from fracture.train import compile_model
+    from fracture.training import compile_model
 
     settings = []
     for momentum in (0.0, 0.5):
@@ -203,7 +203,7 @@ def test_fit_verbosity_from_config(monkeypatch):
     import sys
 
     from fracture.config import ConfigError, load
-    from fracture.train import fit_verbosity
+    from fracture.training import fit_verbosity
 
     assert [fit_verbosity(v) for v in ("0", "1", "2")] == [0, 1, 2]
     assert load(overrides={"verbose": 2}).verbose == "2"

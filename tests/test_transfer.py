@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from fracture import config
-from fracture.model import build_model, imagenet_weights_file
+from fracture.model import build_model
+from fracture.weights import imagenet_weights_file
 from fracture.pretrain import save_notop_weights
-from fracture.train import compile_model
+from fracture.training import compile_model
 from tests.test_weights import stored_weights
 
 TINY = dict(image_size=32, dense_units=[16, 8, 4], flip=False, rotation=0, zoom=0, translate=0,

@@ -15,10 +15,12 @@ import keras
 import numpy as np
 import pytest
 
-from fracture import config, model
+from fracture import config, model, weights
 from fracture.cli import main
 from fracture.errors import WeightsError
-from fracture.model import BACKBONES, build_model, imagenet_weights_file
+from fracture.config import BACKBONES
+from fracture.model import build_model
+from fracture.weights import imagenet_weights_file
 from fracture.testing import free_port
 from tests.conftest import tiny_config
 
@@ -40,8 +42,8 @@ KNOWN_MD5 = {"DenseNet121": "30ee3e1110167f948a6b9946edeeb738",  # inline in den
 
 
 def test_every_backbone_has_a_url_and_md5_from_keras(monkeypatch):
-    monkeypatch.setattr(model, "IMAGENET_SOURCES", {})  # derive afresh, whatever other tests cached
-    sources = {backbone: model.imagenet_source(backbone) for backbone in BACKBONES}
+    monkeypatch.setattr(weights, "IMAGENET_SOURCES", {})  # derive afresh, whatever other tests cached
+    sources = {backbone: weights.imagenet_source(backbone) for backbone in BACKBONES}
     for backbone, (url, md5) in sources.items():
         assert re.fullmatch(r"https://storage\.googleapis\.com/\S+/" + re.escape(imagenet_weights_file(backbone)),
                             url), backbone
@@ -116,7 +118,7 @@ def stored_weights(path) -> dict[str, list[np.ndarray]]:
 
 def test_imagenet_weights_download_once_into_the_keras_cache(weights_server, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setitem(model.IMAGENET_SOURCES, "VGG16", (f"{weights_server.url}/{weights_server.name}",
+    monkeypatch.setitem(weights.IMAGENET_SOURCES, "VGG16", (f"{weights_server.url}/{weights_server.name}",
                                                           weights_server.md5))
     weights_server.requests.clear()
     built = build_model(cfg_of(backbone="VGG16", weights="imagenet"))
@@ -152,9 +154,9 @@ def test_a_failed_download_is_one_clear_error_fast_and_leaves_no_file(failure, w
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         base = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        monkeypatch.setattr(model, "DOWNLOAD_TIMEOUT_S", 1)
+        monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 1)
     url = base + path
-    monkeypatch.setitem(model.IMAGENET_SOURCES, "VGG16", (url, md5))
+    monkeypatch.setitem(weights.IMAGENET_SOURCES, "VGG16", (url, md5))
 
     started = time.perf_counter()
     with silent, pytest.raises(WeightsError) as err:
@@ -168,8 +170,8 @@ def test_a_failed_download_is_one_clear_error_fast_and_leaves_no_file(failure, w
 
 def test_failed_download_with_allow_random_weights_warns_and_builds(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setitem(model.IMAGENET_SOURCES, "VGG16", (f"http://127.0.0.1:{free_port()}/w.h5", "0" * 32))
-    with caplog.at_level("WARNING", logger="fracture.model"):
+    monkeypatch.setitem(weights.IMAGENET_SOURCES, "VGG16", (f"http://127.0.0.1:{free_port()}/w.h5", "0" * 32))
+    with caplog.at_level("WARNING", logger="fracture.weights"):
         built = build_model(cfg_of(backbone="VGG16", weights="imagenet", allow_random_weights=True))
     assert built.output_shape == (None, 1)
     assert "random initialisation" in caplog.text and imagenet_weights_file("VGG16") in caplog.text
@@ -179,7 +181,7 @@ def test_failed_download_with_allow_random_weights_warns_and_builds(tmp_path, mo
 def test_train_cli_offline_prints_one_error_line(train_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     url = f"http://127.0.0.1:{free_port()}/{imagenet_weights_file('VGG16')}"
-    monkeypatch.setitem(model.IMAGENET_SOURCES, "VGG16", (url, "0" * 32))
+    monkeypatch.setitem(weights.IMAGENET_SOURCES, "VGG16", (url, "0" * 32))
     cfg = tiny_config(tmp_path, train_data, backbone="VGG16", weights="imagenet")
     overrides = [f"{key}={value}" for key, value in cfg.to_dict().items()
                  if key in ("data_dir", "runs_dir", "cache_dir", "backbone", "weights", "image_size", "mlflow")]
@@ -214,17 +216,6 @@ def test_preprocessing_layers_equal_keras_preprocess_input(module):
     expected = getattr(keras.applications, module).preprocess_input(np.repeat(gray, 3, axis=-1))
     got = keras.ops.convert_to_numpy(probe(gray, training=False))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_models_saved_with_the_old_custom_layer_still_load(tmp_path):
-    """Models saved before the built-in layers hold `fracture>BackbonePreprocess`: still registered."""
-    inputs = keras.Input((8, 8, 3))
-    old = keras.Model(inputs, model.BackbonePreprocess("densenet", name="backbone_preprocess")(inputs))
-    old.save(tmp_path / "old.keras")
-    loaded = keras.saving.load_model(tmp_path / "old.keras")
-    x = np.random.default_rng(1).uniform(0, 255, (1, 8, 8, 3)).astype("float32")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
-                               keras.applications.densenet.preprocess_input(x.copy()), rtol=1e-5, atol=1e-5)
 
 
 def test_a_corrupt_cached_file_is_a_clear_error(tmp_path, monkeypatch):

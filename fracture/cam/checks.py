@@ -1,7 +1,7 @@
-"""Checks a user can fail (layer, method, target, image batch), each with a message that says what to do.
+"""Checks a user can fail (layer, method, target, image batch), and the CAM layers offered per backbone.
 
-Checks a user can fail, each with a message that says what to do: the layer, the method, the
-target and the image batch."""
+Each check's message says what to do. `cam_layers` picks the few layers the web app and the run
+report explain, deepest first."""
 
 from __future__ import annotations
 
@@ -9,6 +9,19 @@ import numpy as np
 
 from fracture.cam.methods import DEFAULT_METHODS, INPUT_METHODS, METHODS
 from fracture.errors import FractureError
+
+# A few sensible CAM layers per backbone family, deepest first; only those present in the model
+# are offered. Deep layers localise coarsely but semantically, earlier ones sharper but noisier.
+CAM_LAYERS = {
+    "DenseNet": ("relu", "pool4_relu", "pool3_relu"),
+    "ResNet": ("post_relu", "conv5_block3_out", "conv4_block36_out", "conv4_block23_out",
+               "conv4_block6_out", "conv3_block8_out", "conv3_block4_out"),
+    "EfficientNet": ("top_activation", "block6a_expand_activation", "block4a_expand_activation"),
+    "VGG": ("block5_conv4", "block5_conv3", "block4_conv4", "block4_conv3"),
+    "Xception": ("block14_sepconv2_act", "block13_sepconv1_act", "block4_sepconv2_act"),
+    "InceptionV3": ("mixed10", "mixed9", "mixed7"),
+}
+MAX_CAM_LAYERS = 3
 
 TARGETS = {"fracture": 1.0, "normal": -1.0}  # sign applied to the logit
 PIXELS = "pixels"  # the layer name under which an input-space method's maps are reported
@@ -81,3 +94,17 @@ def as_batch(model, images) -> np.ndarray:
         raise FractureError(f"images are {x.shape[1]}x{x.shape[2]} px but the model takes {want[0]}x{want[1]}; "
                             "resize them first (fracture.data.resize)")
     return x
+
+
+def cam_layers(model, backbone: str) -> list[str]:
+    """Up to MAX_CAM_LAYERS sensible CAM layers present in `model`, deepest first."""
+    names = {layer.name for layer in model.layers}
+    family = next((k for k in CAM_LAYERS if backbone.startswith(k)), None)
+    chosen = [n for n in CAM_LAYERS.get(family, ()) if n in names][:MAX_CAM_LAYERS]
+    if not chosen:  # unknown backbone: the last layer with a spatial (4-D) output
+        from fracture.model import POOL_LAYER  # here, not at the top: it loads Keras, which this module does not
+
+        spatial = [layer.name for layer in model.layers
+                   if layer.name != POOL_LAYER and len(getattr(layer.output, "shape", ())) == 4]
+        chosen = spatial[-1:]
+    return chosen

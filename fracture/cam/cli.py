@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fracture import portable
 from fracture.cam.checks import check_methods, spatial_layer
-from fracture.cam.metrics import evaluate_localization
 from fracture.cam.draw import check_look, default_images, render
+from fracture.cam.metrics import evaluate_localization
 from fracture.cam.sanity import PASS_BELOW, sanity_check, verdicts
+from fracture.data import expand_image_paths
 
 
 def _expand(paths) -> list[Path]:
-    from fracture.data import expand_image_paths
-
     return expand_image_paths(paths)
 
 
@@ -27,11 +27,10 @@ def cli_cam(args) -> None:
     """`python -m fracture cam`: render panels, or with --evaluate score the maps (module doc)."""
     import pandas as pd
 
-    from fracture.model import load_run
+    from fracture.runs import load_run  # here, not at the top: it loads Keras, which this module does not
 
     methods = check_methods(_split(args.methods))
     check_look(args.colormap, args.alpha, args.scale)  # before the model loads: a typo answers at once
-    from fracture import portable
 
     layers = _split(args.layers)
     images, overrides = portable.split_overrides(args.images)  # `--images a.png data_dir=...` reads as meant

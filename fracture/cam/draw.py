@@ -23,8 +23,12 @@ from fracture.cam.backend import engine_for, predict_logits
 from fracture.cam.checks import PIXELS, as_batch, check_methods, method_layers, spatial_layer
 from fracture.cam.maps import cam_maps, normalize_maps
 from fracture.cam.metrics import box_list, boxes_by_path
+from fracture.data import load_index, resize
 from fracture.errors import DataError, FractureError
+from fracture.fileio import atomic_path
+from fracture.imageio import read_gray
 from fracture.plots import DPI, FONT_SIZE  # one resolution and type size for every figure the package saves
+from fracture.plots import new_figure, save_figure
 from fracture.scores import ABNORMAL, NORMAL, UNCERTAIN_BAND, label, near_threshold, probability
 
 log = logging.getLogger(__name__)
@@ -101,8 +105,6 @@ def feature_figure(model, image, layer, max_channels=64, colormap="viridis", tit
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    from fracture.plots import new_figure
-
     keep, tiles, channels = _feature_tiles(model, image, layer, max_channels)
     cmap = _colormap(colormap)
     cols = math.ceil(math.sqrt(len(tiles)))
@@ -142,8 +144,6 @@ def _known_boxes(cfg) -> dict:
 
 def true_labels(cfg) -> dict:
     """{resolved image path: 0/1} from the run's data index; empty when the data is not there."""
-    from fracture.data import load_index
-
     try:
         frame = load_index(cfg)
     except (FractureError, OSError) as exc:
@@ -204,10 +204,6 @@ def render(run, paths, layers, methods, out_dir="layer_outputs", target="fractur
     and alpha set the overlays' look. `options`: eigen_smooth, aug_smooth, ig_baseline for
     `cam_maps`. Returns the written paths.
     """
-    from fracture.data import resize
-    from fracture.imageio import read_gray
-    from fracture.plots import save_figure
-
     layers = [layers] if isinstance(layers, str) else list(layers)
     methods = check_methods(methods)
     check_look(colormap, alpha, scale)
@@ -276,8 +272,6 @@ def _pages(methods, layers) -> list[tuple[str, dict]]:
 def _write_png(path: Path, rgb) -> Path:
     import cv2
 
-    from fracture.fileio import atomic_path
-
     image = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), image):
@@ -316,8 +310,6 @@ def cam_panel(gray, maps, probability, threshold, *, true_label=None, box=None, 
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
-
-    from fracture.plots import new_figure
 
     gray = np.asarray(gray)
     gray = gray[..., 0] if gray.ndim == 3 else gray
@@ -411,8 +403,6 @@ def _log_to_mlflow(run, paths) -> None:
 
 def default_images(run, n=4, split="test") -> list[str]:
     """A few images of one split of the run's data, both classes (half positive, first in index order)."""
-    from fracture.data import load_index
-
     frame = load_index(run.config)
     chosen = frame[frame["split"] == split]
     if chosen.empty:

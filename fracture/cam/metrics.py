@@ -13,14 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from fracture.boxdata import index_boxes
 from fracture.cam.backend import predict_logits
 from fracture.cam.checks import PIXELS, as_batch, check_methods, spatial_layer, target_sign
 from fracture.cam.maps import cam_maps, normalize_maps, upsample
 from fracture.cam.methods import INPUT_METHODS
 from fracture.cam.road import ROAD_COLUMNS, ROAD_IMAGES, road_row, road_scores
+from fracture.data import find_mura_root, load_index, resize
 from fracture.errors import DataError, FractureError
 from fracture import runlock
 from fracture.fileio import atomic_path
+from fracture.imageio import read_gray
 from fracture.scores import probability
 
 log = logging.getLogger(__name__)
@@ -155,9 +158,6 @@ def _positives_with_boxes(run, limit=0, split="test"):
     """Positive images of one split of the run's box-annotated data (synthetic MURA, COCO, YOLO):
     (paths, images at model size, each image's boxes at model size, each image's distractor
     boxes at model size: side markers, rulers, text; empty lists where the dataset has none)."""
-    from fracture.data import load_index, resize
-    from fracture.imageio import read_gray
-
     cfg = run.config
     try:
         box_of = boxes_by_path(cfg)
@@ -278,8 +278,7 @@ def evaluate_localization(run, methods, layers, limit=0, steps=16, batch_size=16
 def distractor_boxes_by_path(cfg) -> dict:
     """{resolved image path: [(x0, y0, x1, y1), ...]} from the dataset's distractor_boxes.csv
     (empty when the dataset has none, or its data is not a MURA tree)."""
-    from fracture.data import find_mura_root
-    from fracture.synth import load_distractor_boxes
+    from fracture.synth import load_distractor_boxes  # here, not at the top: it loads cv2, which this module does not
 
     try:
         frame = load_distractor_boxes(find_mura_root(cfg.data_dir))
@@ -298,13 +297,10 @@ def boxes_by_path(cfg) -> dict:
     fracture_boxes.csv (data_format=mura) or a COCO / YOLO dataset's fracture-class boxes;
     DataError when the data has none (real MURA, class folders)."""
     if cfg.data_format in ("coco", "yolo"):
-        from fracture.boxdata import index_boxes
-
         return {str(Path(p).resolve()): b for p, b in index_boxes(cfg)[1].items()}
     if cfg.data_format != "mura":
         raise DataError(f"data_format={cfg.data_format} has no boxes")
-    from fracture.data import find_mura_root
-    from fracture.synth import load_boxes
+    from fracture.synth import load_boxes  # here, not at the top: it loads cv2, which this module does not
 
     boxes = load_boxes(find_mura_root(cfg.data_dir))
     return BoxIndex({str(Path(p).resolve()): (x0, y0, x1, y1)

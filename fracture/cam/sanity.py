@@ -31,10 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fracture.cam.backend import release_engine
 from fracture.cam.checks import as_batch, check_methods, method_layers, spatial_layer, target_sign
+from fracture.cam.draw import default_images, overlay
 from fracture.cam.maps import layer_maps, normalize_maps, upsample
 from fracture import runlock
+from fracture.data import resize
 from fracture.fileio import atomic_path
+from fracture.imageio import read_gray
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +176,6 @@ def cascade_scores(model, images, methods, layers, target="fracture", seed=0, ma
     x, layer, method, target) -> (drawn, absolute)` is replaceable so a test can show the check fail."""
     import pandas as pd
 
-    from fracture.cam.backend import release_engine
-
     methods = check_methods(methods)
     layers = [layers] if isinstance(layers, str) else list(layers)
     for name in layers:
@@ -222,8 +224,6 @@ def sanity_figure(images, maps, methods, layers, max_columns=8):
     max_columns). Each cell is the map over its image, as `cam` draws it."""
     from matplotlib.figure import Figure
 
-    from fracture.cam.draw import overlay
-
     steps = list(dict.fromkeys(step for step, _, _ in maps))
     combos = method_layers(methods, layers)
     per_combo = max(1, max_columns // len(combos))
@@ -248,10 +248,6 @@ def sanity_figure(images, maps, methods, layers, max_columns=8):
 def sanity_check(run, methods, layers, limit=0, split="test", target="fracture", seed=0):
     """The cascade on a few images of the run's data (both classes; 8 unless `limit`): writes
     <run>/cam_sanity.csv and <run>/plots/cam_sanity.png and returns the table."""
-    from fracture.cam.draw import default_images
-    from fracture.data import resize
-    from fracture.imageio import read_gray
-
     paths = default_images(run, limit or 8, split)
     size = run.model.input_shape[1]
     x = np.stack([resize(read_gray(p, run.config.max_pixels), size) for p in paths])[..., None].astype(np.float32)

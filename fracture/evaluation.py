@@ -1,22 +1,24 @@
 """MURA-protocol evaluation at image and study level, with scikit-learn's metrics, and plots.
 
-MURA-protocol evaluation: image level and study level (a study's probability is the mean of
-its images'), all metrics from scikit-learn, plus plots."""
+Image level and study level (a study's probability is the mean of its images',
+`scores.study_level`), all metrics from scikit-learn; the figures come from fracture/plots.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from fracture import stats
+from fracture import determinism, diskspace, plots, portable, runlock, stats, tracking
+from fracture.config import Config
+from fracture.data import expand_image_paths, load_images, load_index, predict_batches, split_arrays
+from fracture.errors import DataError
 from fracture.fileio import atomic_path, atomic_write_text
-from fracture.scores import is_abnormal, label
+from fracture.scores import is_abnormal, label, study_level
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +48,6 @@ def binary_metrics(labels, probabilities, threshold: float = 0.5, clusters=None,
         **(stats.bootstrap_intervals(labels, probabilities, threshold, clusters, resamples, seed, unit)
            if resamples > 0 else {}),
     }
-
-
-def study_level(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per study: its label and the mean of its images' probabilities (MURA protocol), and
-    its patient when the table has one."""
-    grouped = frame.groupby("study", sort=True)
-    labels = grouped["label"].agg(["min", "max"])
-    mixed = labels[labels["min"] != labels["max"]]
-    if len(mixed):
-        raise ValueError(f"images of study {mixed.index[0]} carry different labels")
-    out = pd.DataFrame({
-        "label": labels["max"].astype(int),
-        "probability": grouped["probability"].mean(),
-        "images": grouped.size(),
-    })
-    if "patient" in frame:
-        out["patient"] = grouped["patient"].first()
-    return out.reset_index()
 
 
 def score_frame(frame: pd.DataFrame, threshold: float, resamples: int = 0, seed: int = 0,
@@ -166,8 +150,6 @@ def predict_images(model, images, batch_size: int = 16) -> np.ndarray:
     # Padded to whole batches (copies of the last image, cut off again): one input shape, so the
     # predict function is traced once per model rather than once more for a short last batch.
     # Batches are read one at a time (a memmap cache is never copied whole into RAM).
-    from fracture.data import predict_batches
-
     return model.predict(predict_batches(images, batch_size), verbose=0).reshape(-1)[:n]
 
 
@@ -177,8 +159,6 @@ def predict_paths(model_or_run, paths, batch_size: int = 16, max_pixels: int | N
     Unreadable files keep their row: probability NaN, label "unreadable" and the decoder's reason
     in `reason` (empty for the others). `max_pixels` defaults to the run's config.
     """
-    from fracture.data import expand_image_paths, load_images
-
     model, threshold, run_max_pixels = _model_settings(model_or_run)
     max_pixels = run_max_pixels if max_pixels is None else max_pixels
     files = expand_image_paths(paths)
@@ -194,8 +174,6 @@ def predict_paths(model_or_run, paths, batch_size: int = 16, max_pixels: int | N
 
 def _model_settings(model_or_run):
     """(model, threshold, max_pixels): a Run's own settings, else the Config defaults for a bare model."""
-    from fracture.config import Config
-
     if hasattr(model_or_run, "model"):  # a Run
         return model_or_run.model, model_or_run.threshold, model_or_run.config.max_pixels
     defaults = Config()
@@ -205,8 +183,6 @@ def _model_settings(model_or_run):
 def choose_threshold(frame: pd.DataFrame, cfg) -> tuple[float, str]:
     """(threshold, rule) for threshold=auto, from a validation predictions table: chosen at study
     level, where the MURA protocol makes its decision (Youden's J, or cfg.target_sensitivity)."""
-    from fracture.errors import DataError
-
     studies = study_level(frame)
     if studies["label"].nunique() < 2:
         raise DataError("threshold=auto needs abnormal and normal studies in the validation split; "
@@ -230,21 +206,15 @@ def evaluate(run_or_path, cfg=None, split: str = "val", write: bool = True, show
     even when the run folder cannot be written (that is then a StorageError saying so).
     mlflow_run: see tracking.log_evaluation (a copied run folder logs to MLflow only when asked).
     """
-    from fracture import portable
-    from fracture.data import load_index, split_arrays
-    from fracture.model import Run, load_run
+    from fracture.runs import Run, load_run  # here, not at the top: it loads Keras, which this module does not
 
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
     cfg = cfg or run.config
     portable.require_data(cfg, run.path, "evaluate")
     if cfg.deterministic:  # the run's predictions repeat exactly, as its training did
-        from fracture import determinism
-
         determinism.enable(cfg.seed)
     arrays = split_arrays(load_index(cfg), cfg)
     if split not in arrays:
-        from fracture.errors import DataError
-
         raise DataError(f"the data at {cfg.data_dir} has no '{split}' split")
     frame, images, _ = arrays[split]
     frame = frame.assign(probability=predict_images(run.model, images, cfg.batch_size))
@@ -255,8 +225,6 @@ def evaluate(run_or_path, cfg=None, split: str = "val", write: bool = True, show
         threshold = float(stored["threshold"])  # the run's own choice, made on validation
     else:  # choose on validation now (an override to auto, or a val re-evaluation)
         if "val" not in arrays:
-            from fracture.errors import DataError
-
             raise DataError(f"threshold=auto needs the 'val' split, and {cfg.data_dir} has none: pass threshold=0.5")
         val = frame if split == "val" else arrays["val"][0].assign(
             probability=predict_images(run.model, arrays["val"][1], cfg.batch_size))
@@ -282,15 +250,13 @@ def evaluate(run_or_path, cfg=None, split: str = "val", write: bool = True, show
 def _store(run, stored: dict, scores: dict, frame: pd.DataFrame, split: str, threshold: float,
            mlflow_run: str | None) -> None:
     """predictions_<split>.csv, metrics.json and plots into the run folder (locked), then MLflow."""
-    from fracture import diskspace, runlock, tracking
-
     stored[split] = scores
     try:
         with runlock.hold(run.path, f"evaluate --split {split}"):
             with atomic_path(run.path / f"predictions_{split}.csv") as tmp:
                 frame.to_csv(tmp, index=False)
             atomic_write_text(run.path / "metrics.json", json.dumps(stored, indent=2))
-            save_plots(None, frame, scores, run.path / "plots", threshold, split)
+            plots.save_plots(None, frame, scores, run.path / "plots", threshold, split)
     except (OSError, diskspace.StorageError) as exc:
         storage = diskspace.storage_error(exc, getattr(exc, "filename", None) or run.path)
         if storage is None:
@@ -303,13 +269,3 @@ def _store(run, stored: dict, scores: dict, frame: pd.DataFrame, split: str, thr
         tracking.log_artifacts(run.path, [run.path / "plots" / split], artifact_path="plots",
                                mlflow_run=mlflow_run)
 
-
-# --------------------------------------------------------------------------------------------
-# plots (in fracture/plots.py; this name stays for the callers that import it from here)
-# --------------------------------------------------------------------------------------------
-def save_plots(history: pd.DataFrame | None, frame: pd.DataFrame, scores: dict | None, out_dir, threshold: float,
-               split: str = "test", best_epoch: int | None = None) -> list[Path]:
-    """The run's figures as PNG files: see `fracture.plots.save_plots`."""
-    from fracture import plots
-
-    return plots.save_plots(history, frame, scores, out_dir, threshold, split, best_epoch)

@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fracture import (
+    determinism, diskspace, distribute, fileio, machine, plots, preflight, progress, runkind, runlock, tracking,
+)
 from fracture import data as data_lib
-from fracture import tracking
 from fracture.errors import DataError, FractureError
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,6 @@ def fit_verbosity(verbose: str) -> int:
     a Jupyter kernel) and one line per epoch (2) where output goes to a log file or CI."""
     if verbose != "auto":
         return int(verbose)
-    from fracture import progress
 
     return 1 if progress.watching() else 2
 
@@ -135,7 +136,7 @@ def make_callbacks(cfg, run_dir: Path) -> list:
     """Keras callbacks in the order they must run at an epoch's end: the backup (the commit) last."""
     import keras
 
-    from fracture import resume
+    from fracture import resume  # here, not at the top: it loads Keras, which this module does not
 
     gamma = cfg.gamma
     best = resume.BestModel(run_dir / resume.BACKUP)
@@ -166,31 +167,24 @@ def make_callbacks(cfg, run_dir: Path) -> list:
 
 def train(cfg) -> Path:
     """Train into runs_dir/run_name; an incomplete run of that name resumes (same config only)."""
-    from fracture import preflight
-
     frame = preflight.check(cfg)  # before Keras is imported and before any folder exists
     import keras
-
-    from fracture import distribute
 
     dist = distribute.setup(cfg)  # first: a multi-worker strategy must exist before any TensorFlow op
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
-        from fracture import determinism
-
         determinism.enable(cfg.seed)
     run_dir = new_run_dir(cfg)
     cfg = dataclasses.replace(cfg, run_name=run_dir.name)  # the caller's cfg stays as it was
     if not dist.is_chief:  # the chief alone writes (and locks) the run folder
         return _train(cfg, run_dir, frame, dist)
-    from fracture import runlock
-
     with runlock.hold(run_dir, "train"):  # a second train of this run_name stops here, touching nothing
         return _train(cfg, run_dir, frame, dist)
 
 
 def _train(cfg, run_dir: Path, frame: pd.DataFrame, dist) -> Path:
-    from fracture import diskspace, fileio, resume, runkind
+    from fracture import resume  # here, not at the top: it loads Keras, which this module does not
+    # here, not at the top: it loads Keras, which this module does not
     from fracture.model import build_model, summary_text
 
     runkind.refuse_other_kind(run_dir, "train")
@@ -234,8 +228,6 @@ def _train(cfg, run_dir: Path, frame: pd.DataFrame, dist) -> Path:
 
 def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, model, tracker, dist=None) -> tuple[dict, object]:
     """Decode, fit (or resume), evaluate: writes every run-folder file but config.yaml; returns (metrics, best model)."""
-    from fracture import fileio
-
     arrays = data_lib.split_arrays(frame, cfg)
     skipped = arrays.pop("skipped")
     if len(skipped):
@@ -255,7 +247,7 @@ def _fit_and_evaluate(cfg, run_dir: Path, frame: pd.DataFrame, model, tracker, d
 
 def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker, dist=None) -> dict:
     """Train the epochs not yet committed; returns the final committed state (see fracture/resume.py)."""
-    from fracture import distribute, resume
+    from fracture import resume  # here, not at the top: it loads Keras, which this module does not
 
     dist = dist or distribute.Setup()
 
@@ -289,9 +281,11 @@ def _fit(cfg, run_dir: Path, model, arrays: dict, weights: dict, tracker, dist=N
 
 def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dict) -> tuple[dict, object]:
     """The best epoch's model, predictions, plots, metrics.json, then the marker that says "complete"."""
-    from fracture import fileio, machine, resume
-    from fracture.evaluate import choose_threshold, format_table, predict_images, save_plots, score_frame
-    from fracture.model import count_params, load_model
+    from fracture import resume  # here, not at the top: it loads Keras, which this module does not
+    # here, not at the top: it loads sklearn, which this module does not
+    from fracture.evaluation import choose_threshold, format_table, predict_images, score_frame
+    from fracture.model import count_params  # here, not at the top: it loads Keras, which this module does not
+    from fracture.runs import load_model  # here, not at the top: it loads Keras, which this module does not
 
     if not state["best_model"]:
         if state.get("nonfinite_epoch"):
@@ -338,7 +332,7 @@ def _finish(cfg, run_dir: Path, arrays: dict, skipped, weights: dict, state: dic
     if "test" in arrays:
         log.info("test split held out: report it once with `python -m fracture evaluate --run %s --split test`",
                  run_dir)
-    save_plots(history, val_frame, metrics["val"], run_dir / "plots", threshold, "val",
+    plots.save_plots(history, val_frame, metrics["val"], run_dir / "plots", threshold, "val",
                best_epoch=metrics["best_epoch"])
     fileio.atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     resume.write_marker(run_dir, metrics)  # the run is complete from here on
