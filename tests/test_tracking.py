@@ -134,7 +134,6 @@ def test_local_store_holds_params_epoch_metrics_final_metrics_tags_and_artifacts
     assert run.info.artifact_uri.startswith((local_run.tmp / "mlruns").as_uri())
 
 
-@pytest.mark.xfail(strict=False, reason="the logged model declares float32 input again (mlflow.keras.save_model needs an input schema); uint8 input is refused by MLflow schema enforcement")
 def test_logged_model_loads_with_mlflow_and_predicts_like_the_run(local_run, monkeypatch):
     import mlflow
 
@@ -241,7 +240,6 @@ def mlflow_process(args, port_flag, log_path, health, env, cwd=None):
             stop_server(server, group=True)  # the mlflow CLI and its uvicorn worker
 
 
-@pytest.mark.xfail(strict=False, reason="the logged model declares float32 input again (mlflow.keras.save_model needs an input schema); uint8 input is refused by MLflow schema enforcement")
 def test_logged_model_serves_with_mlflow_models_serve(local_run, tmp_path):
     images, expected = stored_predictions(local_run.run_dir, 1)
     serve = ["models", "serve", "-m", f"runs:/{local_run.run_id}/model", "--env-manager", "local", "-h", "127.0.0.1"]
