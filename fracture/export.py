@@ -8,7 +8,8 @@ Each is written by Keras's own `model.export` from an *inference graph* of the r
 same layers and weights, with the training-only augmentation layers replaced by identities (their
 random ops would otherwise be traced into the graph, and ONNX has no such ops) and the backbone's
 Normalization replaced by the equal Rescaling (tf2onnx turns the Normalization's constant mean and
-variance into extra graph inputs). The export test checks the result against model.keras.
+variance into extra graph inputs), called with training=False inside the graph (so no exporter
+can trace BatchNormalization in training mode). The export test checks the result against model.keras.
 
 Every export takes the model's own input, raw grayscale pixels 0-255 as float32 (N, S, S, 1), and
 returns the fracture probability (N, 1). uint8 pixels convert to float32 exactly; the runtimes
@@ -64,9 +65,14 @@ def inference_model(model):
         return layer  # the trained layer itself: its weights are shared, not copied
 
     cloned = keras.models.clone_model(model, clone_function=clone)
+    # training=False fixed inside the graph: Keras's ONNX export (TensorFlow backend) traces
+    # `model.__call__` without it, and that trace ran BatchNormalization on the batch's own
+    # statistics (with moving-average updates), 0.07 away from model.keras on the tiny test run.
+    inputs = keras.Input(model.input_shape[1:], name=INPUT_NAME)
+    inference = keras.Model(inputs, cloned(inputs, training=False), name=model.name)
     # Keras exports only a model that has been called once (it traces that call's signature).
-    cloned(np.zeros((1, *model.input_shape[1:]), np.float32), training=False)
-    return cloned
+    inference(np.zeros((1, *model.input_shape[1:]), np.float32), training=False)
+    return inference
 
 
 def export_path(run_dir, fmt: str) -> Path:

@@ -354,14 +354,19 @@ def _save_flavor(model, local: Path, logged, run_id: str, run_dir: Path) -> None
 
         description = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
                             model_id=logged.model_id)
+        # The signature goes on the description, not through `signature=`: save_model requires an
+        # input schema in its argument (it reads signature.inputs.inputs) but keeps a signature
+        # the description already holds, and only an output-only signature lets uint8 in.
+        description.signature = signature
         size = tuple(int(d) for d in model.inputs[0].shape[1:])
         # A uniform mid-gray image shows the input format (uint8, as PNG pixels come); no patient's
         # pixels in an artifact that may be registered and shared.
-        example = np.full((1, *size), 128, np.float32)
+        example = np.full((1, *size), 128, np.uint8)
         local.mkdir()  # mlflow.keras.save_model writes the input example before it creates the folder
-        mlflow.keras.save_model(model, str(local), mlflow_model=description, signature=signature,
-                                input_example=example, pip_requirements=requirements(),
-                                metadata=input_metadata(model))
+        with _quiet("mlflow.keras.save"):  # "without specifying model signature": it is on `description`
+            mlflow.keras.save_model(model, str(local), mlflow_model=description, signature=None,
+                                    input_example=example, pip_requirements=requirements(),
+                                    metadata=input_metadata(model))
     except Exception as exc:
         log.warning("MLflow Keras flavor failed (%s); logging model.keras with its signature instead", exc)
         shutil.rmtree(local, ignore_errors=True)
@@ -414,11 +419,22 @@ def model_signature(model):
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    # mlflow.keras.save_model needs an input schema (inputs=None failed inside it: "'NoneType' object
-    # has no attribute 'inputs'"), so the input is declared as float32 pixels; uint8 callers cast.
-    shape = (-1, *(int(d) for d in model.inputs[0].shape[1:]))
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), shape)]),
-                          outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1))]))
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1))]))
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Drop one library logger's WARNING records inside the block (a warning that does not apply)."""
+    target = logging.getLogger(logger_name)
+
+    def drop(record):
+        return record.levelno != logging.WARNING
+
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
 
 
 def input_metadata(model) -> dict:

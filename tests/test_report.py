@@ -20,12 +20,15 @@ class Sections(HTMLParser):
     def __init__(self):
         super().__init__()
         self.found, self.links, self.current, self.in_tbody = {}, [], None, False
+        self.ids = {}  # element id -> the section holding it (None outside sections)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         for key in ("src", "href"):
             if key in attrs:
                 self.links.append(attrs[key])
+        if "id" in attrs and tag != "section":
+            self.ids[attrs["id"]] = self.current
         if tag == "section":
             self.current = attrs["id"]
             self.found[self.current] = {"img": 0, "row": 0, "dd": 0, "text": 0, "missing": 0,
@@ -101,7 +104,6 @@ def reported(trained_run, tmp_path_factory):
     return run, path, tmp / "layer_outputs"
 
 
-@pytest.mark.xfail(strict=False, reason="a section the checker expects was empty in the merged suite; not yet looked into")
 def test_every_section_with_data_shows_it(reported):
     run, path, cam_out = reported
     text = path.read_text()
@@ -111,7 +113,8 @@ def test_every_section_with_data_shows_it(reported):
     assert list(found) == list(expected)  # CLAIM order, nothing dropped
     assert all(found[s]["has_data"] == "true" for s, kind in expected.items() if kind != "none")
     assert found["explainability"]["missing"] == 2  # no sanity check, no localization scores: said so
-    assert 'id="synthetic-warning"' in text and "not a medical device" in text
+    # Parsed, not a substring: the HTML may quote its attributes either way.
+    assert parse(text).ids.get("synthetic-warning") == "intended-use" and "not a medical device" in text
     assert f"{run.threshold:.3f}" in text and run.config.backbone in text
 
 
