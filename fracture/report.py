@@ -78,7 +78,8 @@ def table(frame: pd.DataFrame, caption: str = "", digits: int = 3) -> str:
     rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    # in a scrolling box: a wide table scrolls inside the page instead of widening it
+    return f'<div class="wide"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
 def facts(pairs) -> str:
@@ -374,7 +375,8 @@ def explainability_section(run, cam_out) -> Section:
         if plot.is_file():
             parts.append(figure(plot, "Sanity cascade"))
     if evaluation.is_file():
-        parts.append(table(pd.read_csv(evaluation), "Localization (pointing game, energy in box: higher is better) "
+        # columns a run did not compute (the ROAD and deletion/insertion curves after `--steps 0`) are left out
+        parts.append(table(pd.read_csv(evaluation).dropna(axis=1, how="all"), "Localization (pointing game, energy in box: higher is better) "
                                                      "and faithfulness (deletion AUC lower, insertion higher)"))
     has_data = bool(panels) or sanity.is_file() or evaluation.is_file()
     if not panels:
@@ -464,6 +466,7 @@ th,td{border:1px solid #cfd5de;padding:.25rem .55rem;text-align:left;vertical-al
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}dt{font-weight:600}dd{margin:0}
 figure{margin:1rem 0}img{max-width:100%;height:auto;border:1px solid #e1e5eb}figcaption{font-size:.85rem;color:#5b6576}
 pre{background:#f5f7fa;padding:.6rem;overflow-x:auto;font-size:.8rem}
+.wide{overflow-x:auto;max-width:100%}
 .warning{background:#fff4e5;border-left:4px solid #e8590c;padding:.5rem .8rem}
 .missing{color:#8a5a00;background:#fffbea;padding:.3rem .6rem;border-left:3px solid #f0c000}
 .note{color:#5b6576;font-size:.85rem}

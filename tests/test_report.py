@@ -177,6 +177,11 @@ def test_report_renders_in_chromium(reported, tmp_path):
                                     ".map(s => [s.id, s.getBoundingClientRect().height])")
             assert len(heights) == 9 and all(h > 60 for _, h in heights), heights
             assert all(url.startswith(("file:", "data:")) for url in requests), requests
+            # nothing widens the page past a narrow window (a wide table scrolls in its own box)
+            page.set_viewport_size({"width": 700, "height": 900})
+            widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], widths
+            page.set_viewport_size({"width": 1100, "height": 900})
             folder = Path(os.environ.get("FRACTURE_SCREENSHOTS") or tmp_path)
             folder.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(folder / "report.png"), full_page=True)
