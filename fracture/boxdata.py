@@ -28,9 +28,11 @@ from pathlib import Path
 import pandas as pd
 
 from fracture.errors import DataError
-from fracture.imageio import read_gray
+from fracture.imageio import is_image_file, read_gray
 
 log = logging.getLogger(__name__)
+
+COLUMNS = ["path", "label", "patient", "study", "study_type", "split"]  # one row of the index (fracture.data)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IMAGE_COLUMNS = ("image_id", "file_name", "filename", "image")
@@ -88,7 +90,6 @@ def _box(x0, y0, x1, y1, width=None, height=None) -> tuple[int, int, int, int]:
 # --------------------------------------------------------------------------------------------
 def _image_files(root: Path) -> dict[str, Path]:
     """{file name: path} of every image file under root (names must be unique to be joined)."""
-    from fracture.data import is_image_file  # here, not at the top: fracture.data imports this module
 
     out, twice = {}, set()
     for path in sorted(root.rglob("*")):
@@ -156,7 +157,6 @@ def _split_files(root: Path, names: set[str]) -> dict[str, str]:
 
 def _finish(rows: list[dict], boxes: dict, root: Path, group_column: str, kind: str):
     """Attach dataset.csv's groups and study types, the split files' splits; warn about leakage."""
-    from fracture.data import COLUMNS  # here, not at the top: fracture.data imports this module
 
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if frame.empty:
@@ -300,7 +300,6 @@ def index_yolo(data_dir, fracture_classes=(), group_column: str = ""):
     """(frame, boxes) of a YOLO export: <root>/data.yaml and images/ + labels/*.txt folders, as
     <split>/images (Roboflow) or images/<split> (Ultralytics). A label line is `class cx cy w h`
     (normalized) or a polygon `class x1 y1 x2 y2 ...` (its bounding box is used)."""
-    from fracture.data import is_image_file  # here, not at the top: fracture.data imports this module
 
     root = Path(data_dir).resolve()
     if not root.is_dir():

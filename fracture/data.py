@@ -17,26 +17,15 @@ import numpy as np
 import pandas as pd
 
 from fracture import diskspace, progress
-from fracture.boxdata import index_boxes
+from fracture.boxdata import COLUMNS, index_boxes
 from fracture.config import parse_study_types
 from fracture.errors import DataError, ImageError
-from fracture.imageio import DECODER_VERSION, DEFAULT_MAX_PIXELS, is_dicom_file, read_gray
+from fracture.imageio import DECODER_VERSION, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_dicom_file, is_image_file, read_gray
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
-COLUMNS = ["path", "label", "patient", "study", "study_type", "split"]
 MURA_SPLITS = {"train": "train", "valid": "test"}  # MURA's own test set is hidden: valid is our test
 CACHE_FORMAT = "npy-mmap"  # part of the cache key: caches of the older .npz format are decoded afresh
-
-
-def is_image_file(path: Path) -> bool:
-    """An image suffix, or any other name whose bytes say DICOM (scanners name files by UID,
-    `1.2.840.113619.2.55.3.4`, or give them no suffix at all). macOS junk (`._image1.png`,
-    `.DS_Store`) is skipped whatever it holds."""
-    if path.name.startswith("."):
-        return False
-    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path)
 
 
 def expand_image_paths(paths) -> list[Path]:

@@ -66,6 +66,18 @@ def is_dicom_file(path) -> bool:
         return False
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
+
+
+def is_image_file(path: Path) -> bool:
+    """An image suffix, or any other name whose bytes say DICOM (scanners name files by UID,
+    `1.2.840.113619.2.55.3.4`, or give them no suffix at all). macOS junk (`._image1.png`,
+    `.DS_Store`) is skipped whatever it holds."""
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(path)
+
+
 def decode_gray(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A file path or the file's bytes -> 2-D uint8 gray, stretched to 0..255 (module doc)."""
     if isinstance(source, (bytes, bytearray, memoryview)):

@@ -203,6 +203,35 @@ def test_no_space_at_each_write_site_is_one_error_and_the_rerun_resumes(train_da
     assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
 
 
+FILLED_BEHIND_THE_CHECK = r"""
+import sys
+from fracture import diskspace
+from fracture.cli import main
+diskspace.free_bytes = lambda path: 1 << 40  # the disk fills after each space check: the writes meet it
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_real_disk_filling_during_a_model_write_is_one_error_not_a_crash(train_data, tmp_path):
+    """Keras writes its .keras zip and its .h5 weights on a real, small tmpfs that fills in the middle
+    of a write (the space check is told there is room, as when another process fills the disk after
+    it): the process ends with exit 2 and one error line, not a segfault or a traceback, and no
+    partial file is left under a final name."""
+    runs = tmp_path / "filling"
+    with tmpfs(runs, "80m") as mounted:  # the tiny VGG16 is ~59 MB: its first model fits, a second does not
+        if not mounted:
+            pytest.skip("mounting a tmpfs needs root here; the monkeypatched ENOSPC test above covers each write site")
+        cfg = tiny_config(tmp_path, train_data, run_name="fill", runs_dir=str(runs), epochs=2, **FAST)
+        done = subprocess.run([sys.executable, "-c", FILLED_BEHIND_THE_CHECK, "train", *cli_args(cfg)],
+                              capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 2, (done.returncode, done.stderr[-3000:])  # < 0 would be a signal (segfault)
+        line = one_error_line(done.stderr)
+        assert "No space left on device" in line and "rerun" in line, line
+        files = list((runs / "fill").rglob("*"))
+        assert not [p for p in files if fileio.PARTIAL in p.name or p.name.endswith(".partial")], files
+        assert not resume.is_complete(runs / "fill")
+
+
 def test_a_read_only_runs_dir_is_one_error_before_any_work(train_data, tmp_path, monkeypatch, capsys):
     runs = tmp_path / "readonly"
     with tmpfs(runs, "1m", readonly=True) as mounted:
