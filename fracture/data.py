@@ -20,7 +20,7 @@ from fracture import diskspace, progress
 from fracture.boxdata import COLUMNS, index_boxes
 from fracture.config import parse_study_types
 from fracture.errors import DataError, ImageError
-from fracture.imageio import DECODER_VERSION, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_dicom_file, is_image_file, read_gray
+from fracture.imageio import DECODER_VERSION, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_image_file, read_gray
 
 log = logging.getLogger(__name__)
 

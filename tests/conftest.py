@@ -6,6 +6,10 @@ Everything is CPU-only, downloads nothing, and uses 32-64 px images so the suite
 
 import os
 import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -14,6 +18,32 @@ import pytest  # noqa: E402
 
 import fracture as fr  # noqa: E402
 from fracture import training  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOLDER = r"""
+import sys, time
+from fracture import runlock
+with runlock.hold(sys.argv[1], "train"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@contextmanager
+def lock_holder(run_dir):
+    """Another live process holding `run_dir`'s run lock (as a running `train` does) for the block:
+    yields its Popen (its PID is what a refusal should name); killed on exit."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
 
 TINY = dict(weights="none", image_size=32, epochs=1, batch_size=8, trainable_layers=-1,
             learning_rate=1e-3, mlflow=False, dense_units=[16, 8, 4])

@@ -21,7 +21,7 @@ from PIL import Image
 from fracture import data
 from fracture.cli import main
 from fracture.errors import ImageError
-from fracture.imageio import DEFAULT_MAX_PIXELS, decode_gray
+from fracture.imageio import decode_gray
 from tests.images import dicom_bytes, dicom_in_syntax, dicom_labelled, png_claiming
 
 

@@ -16,7 +16,7 @@ import pytest
 from fracture import cam
 from fracture.errors import FractureError
 from fracture.scores import probability
-from tests.conftest import SIZE, positives, tiny_model
+from tests.conftest import SIZE, lock_holder, positives, tiny_model
 
 BACKEND = keras.backend.backend()  # in every backend test's id, so the output shows which ran
 
@@ -498,23 +498,14 @@ def test_evaluate_localization_writes_the_table(run_copy):
 def test_evaluation_of_a_run_another_process_is_writing_is_refused_and_writes_nothing(run_copy):
     """cam_eval.csv is written under the run folder's lock, as train and evaluate write theirs: a
     live holder in another process makes `cam --evaluate` stop with RunLocked naming its PID."""
-    import subprocess
-
     from fracture.runlock import RunLocked
 
     target = run_copy.path / "cam_eval.csv"
     before = target.read_bytes() if target.exists() else None
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fracture import runlock\n"
-                               "with runlock.hold(sys.argv[1], 'train'):\n print('held', flush=True)\n time.sleep(120)",
-                               str(run_copy.path)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_holder(run_copy.path) as holder:
         with pytest.raises(RunLocked, match=f"PID {holder.pid}"):
             cam.evaluate_localization(run_copy, ["gradcam"], ["pool4_relu"], limit=2, steps=0)
-        assert (target.read_bytes() if target.exists() else None) == before
-    finally:
-        holder.kill()
-        holder.wait()
+    assert (target.read_bytes() if target.exists() else None) == before
 
 
 def test_split_chooses_the_images(run_copy, monkeypatch):

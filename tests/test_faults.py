@@ -27,9 +27,8 @@ from fracture import config as config_lib
 from fracture import cv, data, diskspace, fileio, plots, resume, runlock, tracking, training
 from fracture.cli import main
 from fracture.errors import ConfigError, DataError, FractureError
-from tests.conftest import tiny_config
+from tests.conftest import REPO, lock_holder, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = dict(backbone="VGG16", trainable_layers=-1, dense_units=[8, 8, 4])  # quick at 32 px; from scratch, every layer trains
 
 
@@ -82,6 +81,26 @@ def raise_errno_for(monkeypatch, folder: Path, code: int):
     monkeypatch.setattr(tempfile, "TemporaryFile", temporary)
 
 
+def patch_everywhere(patch, owner, name: str, replacement) -> None:
+    """Replace `owner.name` and every `from owner import name` binding in the package's modules.
+    Every fracture module is imported first: one imported for the first time while the patch is
+    on would keep the replacement for the rest of the session."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(fr.__path__, "fracture."):
+        if not info.name.endswith("__main__"):
+            try:
+                importlib.import_module(info.name)
+            except ImportError:  # an optional dependency (onnxruntime...): then the test cannot load it either
+                pass
+    original = getattr(owner, name)
+    patch.setattr(owner, name, replacement)
+    for module in [m for key, m in sys.modules.items() if key.startswith("fracture") and m is not owner]:
+        if getattr(module, name, None) is original:
+            patch.setattr(module, name, replacement)
+
+
 def cli_args(cfg, **extra) -> list[str]:
     values = {**cfg.to_dict(), **extra}
     return [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in values.items()]
@@ -90,22 +109,6 @@ def cli_args(cfg, **extra) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # 1. one writer per run folder
 # --------------------------------------------------------------------------------------------
-HOLDER = r"""
-import sys, time
-from fracture import runlock
-with runlock.hold(sys.argv[1], "train"):
-    print("held", flush=True)
-    time.sleep(120)
-"""
-
-
-def start_holder(run_dir: Path) -> subprocess.Popen:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert holder.stdout.readline().strip() == "held"
-    return holder
-
-
 def test_a_second_train_of_a_live_run_is_refused_naming_the_holder_and_touches_nothing(train_data, tmp_path,
                                                                                        capsys):
     cfg = tiny_config(tmp_path, train_data, run_name="shared", **FAST)
@@ -114,15 +117,11 @@ def test_a_second_train_of_a_live_run_is_refused_naming_the_holder_and_touches_n
     (run_dir / "config.yaml").write_text(config_lib.yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run_dir / "history.csv").write_text("epoch,loss\n0,0.7\n")
     before = tree_snapshot(run_dir)
-    holder = start_holder(run_dir)
-    try:
+    with lock_holder(run_dir) as holder:
         code = main(["train", *cli_args(cfg)])
         line = one_error_line(capsys.readouterr().err)
         assert code == 2 and f"PID {holder.pid}" in line, line
         assert tree_snapshot(run_dir) == before  # nothing in the folder was touched
-    finally:
-        holder.kill()
-        holder.wait()
     with runlock.hold(run_dir, "train"):  # the kernel released the dead holder's lock
         pass
 
@@ -162,7 +161,7 @@ def test_no_space_at_each_write_site_is_one_error_and_the_rerun_resumes(train_da
     cfg = tiny_config(tmp_path, train_data, run_name="full", epochs=2, **FAST)
     run_dir = Path(cfg.runs_dir) / "full"
     no_space = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    real_save, real_weights, real_text = keras.Model.save, keras.Model.save_weights, fileio.atomic_write_text
+    real_weights, real_text = keras.Model.save_weights, fileio.atomic_write_text
 
     def half_model(self, path, *args, **kwargs):
         Path(path).write_bytes(b"half a model")
@@ -187,7 +186,7 @@ def test_no_space_at_each_write_site_is_one_error_and_the_rerun_resumes(train_da
     committed = []
     for owner, name, broken, named in sites:
         with monkeypatch.context() as patch:
-            patch.setattr(owner, name, broken)
+            patch_everywhere(patch, owner, name, broken)
             code = main(["train", *cli_args(cfg)])
         line = one_error_line(capsys.readouterr().err)
         assert code == 2 and named in line and "No space left on device" in line and "rerun" in line, line
