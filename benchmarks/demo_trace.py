@@ -79,9 +79,12 @@ def main() -> None:
     from fracture import config, training
 
     runs = tempfile.mkdtemp(prefix="demo-trace-")
+    # No stopping rule unless asked for (stop_at_val_auc=0.97 traces the recipe's own stop).
+    given = {item.split("=", 1)[0].strip() for item in args.overrides}
+    defaults = [f"seed={args.seed}", "mlflow=false", f"runs_dir={runs}", f"run_name=trace-{args.seed}",
+                "stop_at_val_auc=0"]
     cfg = config.load(ROOT / "configs" / "demo.yaml", overrides=[
-        f"seed={args.seed}", "mlflow=false", f"runs_dir={runs}", f"run_name=trace-{args.seed}", "stop_at_val_auc=0",
-        *args.overrides])
+        *[d for d in defaults if d.split("=", 1)[0] not in given], *args.overrides])
     rows: list = []
     plain = training.make_callbacks
 

@@ -27,6 +27,7 @@ from fracture import config as config_lib
 from fracture import cv, data, diskspace, fileio, plots, resume, runlock, tracking, training
 from fracture.cli import main
 from fracture.errors import ConfigError, DataError, FractureError
+from fracture.testing import free_port
 from tests.conftest import REPO, lock_holder, tiny_config
 
 FAST = dict(backbone="VGG16", trainable_layers=-1, dense_units=[8, 8, 4])  # quick at 32 px; from scratch, every layer trains
@@ -541,12 +542,6 @@ def test_panel_boxes_are_found_however_the_dataset_images_are_named(synth_root, 
 # --------------------------------------------------------------------------------------------
 # 8. a production server by default
 # --------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_is_gunicorn_and_cuts_off_a_stalled_request(trained_run, tmp_path):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "fracture", "serve", "--run", str(trained_run), "--host",
