@@ -82,10 +82,16 @@ demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> G
 	$(PY) -m fracture report --run $(DEMO_DIR)
 	$(PY) benchmarks/demo.py --check $(DEMO_DIR)
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, a test file per worker at a time (its
+# module fixtures built once); each worker builds the session's tiny trained run for itself.
+# TEST_WORKERS=0 runs it in this process. Timings: docs/benchmarks.md, "The test suite".
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browser test skips, saying why, without `make browser`)
-	$(PY) -m pytest tests -q
-	KERAS_BACKEND=jax $(PY) -m pytest tests -q -m backend
-	KERAS_BACKEND=torch $(PY) -m pytest tests -q -m backend
+	$(PY) -m pytest tests -q $(XDIST) --durations=10
+	KERAS_BACKEND=jax $(PY) -m pytest tests -q -m backend $(XDIST)
+	KERAS_BACKEND=torch $(PY) -m pytest tests -q -m backend $(XDIST)
 	$(PY) -m pytest --nbval notebooks -q
 
 # The notebooks name the standard kernel `python3`: the .venv's JupyterLab runs it with the .venv's

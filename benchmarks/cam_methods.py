@@ -28,10 +28,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from fracture import cam, config  # noqa: E402  (first: fracture keeps TensorFlow's start-up banner out)
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fracture import cam, config  # noqa: E402
 from fracture.model import build_model  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def cpu_seconds(fn) -> float:
 
 def costs(methods, layer, image_size, batch, repeats) -> dict:
     """{method: CPU time / CPU time of one forward pass}, DenseNet121 with random weights."""
-    cfg = config.load(overrides=dict(weights="none", image_size=image_size))
+    cfg = config.load(overrides=dict(weights="none", trainable_layers=-1, image_size=image_size))
     keras.utils.set_random_seed(0)
     model = build_model(cfg)
     x = np.random.default_rng(0).uniform(0, 255, (batch, image_size, image_size, 1)).astype(np.float32)

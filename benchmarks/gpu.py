@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import fracture  # noqa: F401  (before Keras: fracture keeps TensorFlow's start-up banner out)
 import keras
 import numpy as np
 

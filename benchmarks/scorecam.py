@@ -19,6 +19,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import fracture  # noqa: F401, E402  (before Keras: fracture keeps TensorFlow's start-up banner out)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import pearsonr, spearmanr  # noqa: E402

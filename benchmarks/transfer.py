@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import fracture  # noqa: F401  (before Keras: fracture keeps TensorFlow's start-up banner out)
 import keras
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score

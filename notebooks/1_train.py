@@ -64,7 +64,7 @@ import pandas as pd
 import fracture as fr
 from fracture import notebook as nb
 from fracture import plots
-from fracture.evaluation import format_table
+from fracture.evaluation import format_study_type_table, format_table
 from fracture.training import class_weights
 
 cfg = nb.config(profile, config_file, data_dir=data_dir, image_size=image_size, epochs=epochs,
@@ -186,6 +186,15 @@ scores, now = nb.final_test_scores(run)
 print(("evaluated the test split now" if now else "the test split was already evaluated")
       + f" ({scores['evaluated']}, {scores['evaluations']} evaluation(s)); threshold {scores['threshold']:g}")
 print(format_table(scores))
+
+# %% [markdown]
+# **Per study type.** A run trained on several study types (`study_type="all"`, or a list such as
+# `"XR_HUMERUS,XR_WRIST"`) is also scored per type, and the table takes the layout of the MURA
+# paper's Table 2: one row per type, our study-level kappa with its interval beside the paper's
+# model. A run on one study type, as here, says so instead.
+
+# %% tags=["nbval-ignore-output"]
+print(format_study_type_table(scores) or f"one study type in this run ({run.config.study_type}): no per-type table")
 
 # %% [markdown]
 # ROC and precision-recall curves at both levels, with the operating point at the run's threshold
