@@ -120,6 +120,24 @@ LIBRARY_CLASS = {
     "eigengradcam": "EigenGradCAM", "ablationcam": "AblationCAM",
 }
 TOLERANCE = {"gradcampp": 2e-3, "xgradcam": 2e-3, "ablationcam": 2e-3, "eigencam": 5e-3, "eigengradcam": 5e-3}
+# Ablation-CAM's weights are score drops over the score. For the "normal" target on the early
+# layer the drops are small beside the score (about 2.3 on every negative image), so float32
+# rounding in two different orders of the same forward pass moves the scaled maps by up to 0.009
+# (PyTorch backend, 2026-12-03; the fracture target agrees to 2e-7 there).
+ABLATION_EARLY_NORMAL = 1.5e-2
+
+
+def gradcampp_weights_as_the_paper(self, input_tensor, target_layers, target_category, activations, grads):
+    """pytorch-grad-cam's GradCAMPlusPlus.get_cam_weights without the 1e-6 it adds to the
+    denominator of the paper's Eq. 19. Where a layer's gradients are near 1e-3 (the early layer
+    of the net trained on the PyTorch backend) that constant is as large as the rest of the
+    denominator and moved the library's maps by up to 0.26 from the formula; without it the
+    library's activations and gradients give our maps to 3e-7. The activations and gradients
+    still come from the library's hooks on the torch twin."""
+    g2 = grads ** 2
+    denominator = 2 * g2 + activations.sum(axis=(2, 3), keepdims=True) * g2 * grads
+    alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=(grads != 0) & (denominator != 0))
+    return (np.maximum(grads, 0) * alpha).sum(axis=(2, 3))
 
 
 def oriented(get_2d_projection):
@@ -147,6 +165,8 @@ def library_maps(torch_model, x, layer, method, sign, eigen_smooth=False, aug_sm
     for module in (pytorch_grad_cam.base_cam, pytorch_grad_cam.eigen_cam, pytorch_grad_cam.eigen_grad_cam,
                    sys.modules["pytorch_grad_cam.grad_cam_elementwise"]):
         monkeypatch.setattr(module, "get_2d_projection", oriented(get_2d_projection))
+    if method == "gradcampp":
+        monkeypatch.setattr(library.GradCAMPlusPlus, "get_cam_weights", gradcampp_weights_as_the_paper)
     target_layer = getattr(torch_model, layer)
     with torch.no_grad():
         h, w = target_layer(torch.zeros(1, *target_layer_input_shape(torch_model, layer))).shape[2:]
@@ -219,12 +239,6 @@ def test_a_broken_method_fails_the_library_comparison(twin, backend, method, bro
 @pytest.mark.parametrize("method,layer", CASES)
 @pytest.mark.parametrize("backend", [BACKEND])
 def test_layer_methods_equal_pytorch_grad_cam(twin, backend, method, layer, monkeypatch):
-    if backend == "torch" and (method, layer) in (("gradcampp", "early"), ("gradcampp", "inner"),
-                                                  ("ablationcam", "early")):
-        # Seen once: up to 0.17 apart on the PyTorch backend only (TensorFlow and JAX agree to the
-        # tolerance); not yet explained, so it is marked rather than loosened.
-        pytest.xfail("Grad-CAM++ (early, inner) and Ablation-CAM (early) differ from pytorch-grad-cam on the "
-                     "PyTorch backend (up to 0.17); under investigation")
     model, torch_model, x, y = twin
     compared = 0
     for target, sign in (("fracture", 1.0), ("normal", -1.0)):
@@ -233,8 +247,9 @@ def test_layer_methods_equal_pytorch_grad_cam(twin, backend, method, layer, monk
         images = x[y == (1 if sign > 0 else 0)] if method == "ablationcam" else x
         got = scaled(cam.layer_maps(model, images, layer, method, target))
         want = library_maps(torch_model, images, layer, method, sign, monkeypatch=monkeypatch)
-        compared += assert_close(got, want, TOLERANCE.get(method, 2e-4), f"{method}/{layer}/{target}",
-                                 require_signal=False)
+        atol = ABLATION_EARLY_NORMAL if (method, layer, target) == ("ablationcam", "early", "normal") else \
+            TOLERANCE.get(method, 2e-4)
+        compared += assert_close(got, want, atol, f"{method}/{layer}/{target}", require_signal=False)
     assert compared, f"{method}/{layer}: the comparison was of blank maps only"
 
 
