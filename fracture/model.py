@@ -151,8 +151,10 @@ def _build_model(cfg) -> keras.Model:
     probability = keras.layers.Activation("sigmoid", name=OUTPUT_LAYER, dtype="float32")(logit)
     model = keras.Model(inputs, probability, name=f"fracture_{cfg.backbone}")
     trainable, frozen = count_params(model)
-    log.info("%s: %s trainable / %s frozen parameters (top %s backbone layers unfrozen)",
-             model.name, f"{trainable:,}", f"{frozen:,}", "all" if cfg.trainable_layers < 0 else cfg.trainable_layers)
+    unfrozen = "all backbone layers" if cfg.trainable_layers < 0 else f"top {cfg.trainable_layers} backbone layers"
+    # BatchNorm moving statistics count as frozen even when every layer trains
+    log.info("%s: %s trainable / %s frozen parameters (%s unfrozen)", model.name, f"{trainable:,}", f"{frozen:,}",
+             unfrozen)
     return model
 
 
