@@ -29,8 +29,8 @@
 
 # %% [markdown]
 # ## Configurable parameters
-# Layers are DenseNet121 names: `relu` is the last layer (6×6 cells at 192 px), `pool4_relu` and
-# `pool3_relu` are transition blocks with finer grids (12×12 and 24×24 at 192 px).
+# Layers are DenseNet121 names: `relu` is the last layer (5×5 cells at 160 px), `pool4_relu` and
+# `pool3_relu` are transition blocks with finer grids (10×10 and 20×20 at 160 px).
 
 # %% tags=["parameters"]
 profile = "full"  # full: the run below; smoke: the train notebook's 48-px smoke run (trained if missing)
