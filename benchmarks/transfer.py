@@ -38,6 +38,7 @@ from fracture import config, data
 from fracture.model import build_model
 from fracture.weights import imagenet_weights_file
 from fracture.pretrain import save_notop_weights
+from fracture.errors import FractureError
 from fracture.runs import load_run
 from fracture.synth import generate
 from fracture.training import compile_model
@@ -80,7 +81,10 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(args.out or tempfile.mkdtemp(prefix="transfer-"))
-    source_run = load_run(args.source_run) if args.source_run else None
+    try:
+        source_run = load_run(args.source_run) if args.source_run else None
+    except FractureError as exc:  # a wrong folder: say so, as the CLI does, not with a traceback
+        parser.error(f"--source-run: {exc}")
     image_size = source_run.config.image_size if source_run else args.image_size
     if source_run and source_run.config.backbone != "DenseNet121":
         parser.error(f"--source-run: {source_run.path} has a {source_run.config.backbone} backbone, not DenseNet121")

@@ -54,7 +54,7 @@ def test_table_2_layout():
     assert [line.split()[0] for line in lines[1:4]] == ["Humerus", "Wrist", "Overall"]  # the paper's order
     k, (lo, hi) = scores["study"]["kappa"], scores["study"]["kappa_ci"]
     assert f"{k:.3f} ({lo:.3f}, {hi:.3f})" in lines[3]
-    # the paper's model kappa beside ours, typed here from the paper's Table 2 as published
+    # the paper's model kappa beside ours, typed here from the quotations of its Table 2 (docs/data.md)
     assert [line.split()[-1] for line in lines[1:4]] == ["0.600", "0.931", "0.705"]
     assert format_study_type_table(score_frame(_frame()[lambda f: f["study_type"] == "XR_WRIST"], 0.5)) == ""
 
