@@ -82,16 +82,30 @@ demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> G
 	$(PY) -m fracture report --run $(DEMO_DIR)
 	$(PY) benchmarks/demo.py --check $(DEMO_DIR)
 
-# The suite runs on TEST_WORKERS pytest-xdist workers, a test file per worker at a time (its
-# module fixtures built once); each worker builds the session's tiny trained run for itself.
-# TEST_WORKERS=0 runs it in this process. Timings: docs/benchmarks.md, "The test suite".
+# Three steps run side by side (make -j), because each alone leaves a core idle part of the time
+# (the notebooks' kernel, the backends' compiles, the workers' last files): the TensorFlow suite on
+# TEST_WORKERS pytest-xdist workers (a test file per worker at a time, its module fixtures built
+# once; each worker builds the session's tiny trained run for itself), the notebooks, and the
+# backend-marked tests under JAX and then PyTorch (only the files that have them are collected).
+# make -O prints each step's output whole when it ends. TEST_JOBS=1 runs the steps one after the
+# other; TEST_WORKERS=0 runs the TensorFlow suite in one process. Timings: docs/benchmarks.md,
+# "The test suite".
 TEST_WORKERS ?= 2
+TEST_JOBS ?= 3
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+BACKEND_TESTS = $(shell grep -l 'mark.backend' tests/test_*.py)
 
-test: $(STAMP) ## unit tests, then the notebooks with pytest --nbval (the browser test skips, saying why, without `make browser`)
+test: $(STAMP) ## every test: the TensorFlow suite, the backend tests on JAX and PyTorch, the notebooks with pytest --nbval (side by side)
+	@$(MAKE) --no-print-directory -j $(TEST_JOBS) -O test-tensorflow test-backends test-notebooks
+
+test-tensorflow: $(STAMP)
 	$(PY) -m pytest tests -q $(XDIST) --durations=10
-	KERAS_BACKEND=jax $(PY) -m pytest tests -q -m backend $(XDIST)
-	KERAS_BACKEND=torch $(PY) -m pytest tests -q -m backend $(XDIST)
+
+test-backends: $(STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest $(BACKEND_TESTS) -q -m backend -p no:xdist
+	KERAS_BACKEND=torch $(PY) -m pytest $(BACKEND_TESTS) -q -m backend -p no:xdist
+
+test-notebooks: $(STAMP)
 	$(PY) -m pytest --nbval notebooks -q
 
 # The notebooks name the standard kernel `python3`: the .venv's JupyterLab runs it with the .venv's
@@ -129,4 +143,4 @@ clean-runs: ## remove every trained run and the MLflow store (asks first; FORCE=
 		[ "$$answer" = y ] || [ "$$answer" = Y ] || { echo "kept them"; exit 1; }; fi
 	rm -rf saved_models/*/ mlruns mlflow.db
 
-.PHONY: help venv browser data demo test kernel lab notebooks notebooks-smoke benchmarks mlflow-ui clean clean-runs
+.PHONY: help venv browser data demo test test-tensorflow test-backends test-notebooks kernel lab notebooks notebooks-smoke benchmarks mlflow-ui clean clean-runs
