@@ -87,16 +87,21 @@ demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> G
 # TEST_WORKERS pytest-xdist workers (a test file per worker at a time, its module fixtures built
 # once; each worker builds the session's tiny trained run for itself), the notebooks, and the
 # backend-marked tests under JAX and then PyTorch (only the files that have them are collected).
-# make -O prints each step's output whole when it ends. TEST_JOBS=1 runs the steps one after the
-# other; TEST_WORKERS=0 runs the TensorFlow suite in one process. Timings: docs/benchmarks.md,
+# make -O prints each step's output whole when it ends. Side by side, each process computes on one
+# thread (OpenMP for PyTorch, TensorFlow's and XLA's own pools): with more threads than cores,
+# PyTorch's OpenMP threads spin while they wait and the PyTorch step took twice as long. A value you
+# set yourself wins. TEST_JOBS=1 runs the steps one after the other with the libraries' own thread
+# counts; TEST_WORKERS=0 runs the TensorFlow suite in one process. Timings: docs/benchmarks.md,
 # "The test suite".
 TEST_WORKERS ?= 2
 TEST_JOBS ?= 3
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 BACKEND_TESTS = $(shell grep -l 'mark.backend' tests/test_*.py)
+ONE_THREAD := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} TF_NUM_INTRAOP_THREADS=$${TF_NUM_INTRAOP_THREADS:-1} \
+	XLA_FLAGS="$${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 test: $(STAMP) ## every test: the TensorFlow suite, the backend tests on JAX and PyTorch, the notebooks with pytest --nbval (side by side)
-	@$(MAKE) --no-print-directory -j $(TEST_JOBS) -O test-tensorflow test-backends test-notebooks
+	@$(if $(filter 1,$(TEST_JOBS)),,$(ONE_THREAD)) $(MAKE) --no-print-directory -j $(TEST_JOBS) -O test-tensorflow test-backends test-notebooks
 
 test-tensorflow: $(STAMP)
 	$(PY) -m pytest tests -q $(XDIST) --durations=10
