@@ -77,7 +77,7 @@ DEMO_DIR := $(DEMO_RUNS_DIR)/$(DEMO_RUN)
 demo: $(DEMO_STAMP) data ## synthetic data -> train DenseNet121 -> evaluate -> Grad-CAM pointing game -> CAM panels -> <run>/report.html -> check against the documented range
 	$(PY) -m fracture train --config configs/demo.yaml run_name=$(DEMO_RUN) runs_dir=$(DEMO_RUNS_DIR) $(DEMO_ARGS)
 	$(PY) -m fracture evaluate --run $(DEMO_DIR) --split test
-	$(PY) -m fracture cam --run $(DEMO_DIR) --evaluate --layers relu --methods gradcam --limit 60 --steps 0
+	$(PY) -m fracture cam --run $(DEMO_DIR) --evaluate --layers relu --methods gradcam --steps 0
 	$(PY) -m fracture cam --run $(DEMO_DIR) --limit 4 --layers relu,pool4_relu,pool3_relu --methods gradcam,layercam
 	$(PY) -m fracture report --run $(DEMO_DIR)
 	$(PY) benchmarks/demo.py --check $(DEMO_DIR)

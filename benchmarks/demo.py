@@ -4,6 +4,7 @@
     python benchmarks/demo.py --seeds 4,5          # these seeds, added to the table of the same recipe
     python benchmarks/demo.py --from-log LOG       # the table from the per-seed lines of an earlier run's output
     python benchmarks/demo.py --check RUN_DIR      # one run against the documented range
+    python benchmarks/demo.py --reread             # the table again from its runs' folders (after re-scoring)
     python benchmarks/demo.py --docs               # README's and docs/demo.md's tables from the JSON
 
 Each seed runs the real `make demo` (train, evaluate --split test, cam --evaluate, cam panels)
@@ -15,7 +16,8 @@ timed per seed; their one-off time is printed.
 
 Writes benchmarks/results/demo-seeds.json and .md (the table README and docs quote) after every
 seed, naming the CPU model and the versions. Seeds of the same recipe (configs/demo.yaml and the
-data arguments of `make data`) accumulate across invocations; a changed recipe starts a new table. `--check` is what `make demo` ends with: it reads one run's
+data arguments of `make data`, and how `make demo` scores the pointing game) accumulate across
+invocations; a changed recipe starts a new table. `--check` is what `make demo` ends with: it reads one run's
 metrics.json and cam_eval.csv and says plainly which number falls outside the documented range
 or misses its target.
 """
@@ -67,7 +69,7 @@ def run_numbers(run_dir: Path) -> dict:
     row = cam[(cam["method"] == "gradcam") & (cam["layer"] == "relu")]
     if row.empty:
         raise SystemExit(f"{run_dir}/cam_eval.csv has no gradcam/relu row: run `python -m fracture cam --run "
-                         f"{run_dir} --evaluate --layers relu --methods gradcam --limit 60`")
+                         f"{run_dir} --evaluate --layers relu --methods gradcam --steps 0`")
     row = row.iloc[0]
     return {
         "run": run_dir.name,
@@ -78,6 +80,7 @@ def run_numbers(run_dir: Path) -> dict:
         "test_study_kappa": metrics["test"]["study"]["kappa"],
         "threshold": metrics["threshold"],
         "pointing_game": float(row["pointing_game"]),
+        "pointing_images": int(row["n_images"]),
         "marker_peak": float(row["distractor_peak"]),
         "epochs": metrics["epochs_run"],
         "best_epoch": metrics["best_epoch"],
@@ -143,6 +146,13 @@ def markdown(result: dict) -> str:
     lines.append("")
     setup = (f"; venv and data made once before the seeds ({result['setup_seconds']:.0f} s, not in the per-seed "
              "time)" if result.get("setup_seconds") else "")
+    images = sorted({r["pointing_images"] for r in result["runs"] if "pointing_images" in r})
+    if images:
+        lines.append(f"The pointing game counts {' or '.join(map(str, images))} positive test images per seed "
+                     "(every one with a fracture box).")
+    if result.get("rescored"):
+        lines.append(f"Scores re-read from the run folders on {result['rescored']} "
+                     "(`python benchmarks/demo.py --reread`); the seconds are those measured on the first date.")
     lines.append(f"A bold cell misses its target. Produced by `python benchmarks/demo.py --seeds "
                  f"{','.join(map(str, seeds))}` (recipe {result.get('recipe', '?')}){setup}.")
     return "\n".join(lines) + "\n"
@@ -194,9 +204,13 @@ def write_docs(result: dict) -> list[Path]:
 
 
 def recipe() -> str:
-    """A fingerprint of what the demo trains: configs/demo.yaml and `make data`'s arguments."""
-    synth_args = re.search(r"^SYNTH_ARGS :=(.*)$", (ROOT / "Makefile").read_text(), re.M)
+    """A fingerprint of what the demo trains and how it is scored: configs/demo.yaml, `make data`'s
+    arguments and `make demo`'s `cam --evaluate` line (which test positives the pointing game uses)."""
+    makefile = (ROOT / "Makefile").read_text()
+    synth_args = re.search(r"^SYNTH_ARGS :=(.*)$", makefile, re.M)
+    cam_line = re.search(r"^\t.*-m fracture cam .*--evaluate.*$", makefile, re.M)
     text = (ROOT / "configs" / "demo.yaml").read_text() + (synth_args.group(1) if synth_args else "")
+    text += cam_line.group(0).strip() if cam_line else ""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -249,6 +263,17 @@ def run_seeds(seeds: list[int], runs_dir: Path, out: Path) -> dict:
         print(json.dumps({k: v for k, v in numbers.items() if k != "machine"}), flush=True)
         write(table(runs, setup), out)  # after every seed: a long benchmark stopped early keeps its seeds
     return table(runs, setup)
+
+
+def reread(out: Path, runs_dir: Path) -> dict:
+    """The stored table rebuilt from its runs' folders under the current recipe, each run keeping its
+    measured `make demo` seconds: for after `cam --evaluate` was run again on those folders."""
+    stored = json.loads(out.read_text())
+    runs = [{"seed": r["seed"], **run_numbers(runs_dir / r["run"]), "demo_seconds": r["demo_seconds"]}
+            for r in stored["runs"]]
+    result = table(runs, stored.get("setup_seconds", 0.0))
+    result["date"], result["rescored"] = stored["date"], date.today().isoformat()
+    return result
 
 
 def from_log(log_file: Path) -> list[dict]:
@@ -306,6 +331,8 @@ def main() -> None:
     parser.add_argument("--check", metavar="RUN_DIR", help="compare one finished demo run with the documented range")
     parser.add_argument("--from-log", metavar="LOG", help="build the table from the saved output of an earlier run")
     parser.add_argument("--runs-dir", default=str(ROOT / "saved_models"), help="where the seeds' run folders go")
+    parser.add_argument("--reread", action="store_true",
+                        help="rebuild the JSON from its runs' folders, keeping their seconds (after re-scoring them)")
     parser.add_argument("--docs", action="store_true",
                         help="rewrite README's demo table and docs/demo.md's seed table from the JSON")
     parser.add_argument("--out", default=str(RESULTS),
@@ -323,11 +350,14 @@ def main() -> None:
         runs = from_log(Path(args.from_log))
         result = table(earlier_runs(out, [r["seed"] for r in runs]) + runs, 0.0)
         write(result, out)
+    elif args.reread:
+        result = reread(out, Path(args.runs_dir).resolve())
+        write(result, out)
     elif args.seeds:
         seeds = list(range(1, int(args.seeds) + 1)) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
         result = run_seeds(seeds, Path(args.runs_dir).resolve(), out)
     else:
-        parser.error("give --seeds, --from-log, --check or --docs")
+        parser.error("give --seeds, --from-log, --reread, --check or --docs")
     print(markdown(result))
     print(f"written: {out} and {out.with_suffix('.md')}")
 

@@ -4,7 +4,8 @@ Trains the demo recipe (configs/demo.yaml plus any key=value overrides) and, aft
 scores that epoch's weights the way `make demo` scores its final model: validation AUC and loss
 (Keras), the threshold chosen on validation studies (Youden's J), validation and test kappa at
 that threshold, test AUC, and the last layer's Grad-CAM pointing game and distractor (side
-marker) peak share on the test positives. The test columns are for choosing the *recipe* (the
+marker) peak share on the test positives (the first --limit and all of them), and the pointing
+game on the validation positives. The test columns are for choosing the *recipe* (the
 stopping rule, the epoch cap) across seeds, never for choosing a model inside one run.
 
     python benchmarks/demo_trace.py --seed 1 [--limit 60] [--out benchmarks/results] [key=value ...]
@@ -55,10 +56,16 @@ def trace_callback(cfg, run_dir: Path, rows: list, limit: int):
                 row.update({f"{split}_image_auc": s["image"]["auc"], f"{split}_image_kappa": s["image"]["kappa"],
                             f"{split}_study_auc": s["study"]["auc"], f"{split}_study_kappa": s["study"]["kappa"]})
             run = types.SimpleNamespace(model=self.model, config=cfg, name=run_dir.name, path=run_dir)
-            _, x, boxes, distractors = _positives_with_boxes(run, limit, "test")
+            _, x, boxes, distractors = _positives_with_boxes(run, 0, "test")
             maps = cam_maps(self.model, x, ["relu"], "gradcam")["relu"]
-            row["pointing_game"] = float(pointing_game(maps, boxes).mean())
+            hits = pointing_game(maps, boxes)
+            row["pointing_game"] = float(hits[:limit].mean() if limit else hits.mean())
+            row["pointing_game_all"] = float(hits.mean())
             row["marker_peak"] = float(distractor_peak(maps, distractors).mean())
+            # The validation positives' pointing game: what a checkpoint criterion could see.
+            _, xv, boxes_v, _ = _positives_with_boxes(run, 0, "val")
+            row["val_pointing_game"] = float(pointing_game(cam_maps(self.model, xv, ["relu"], "gradcam")["relu"],
+                                                           boxes_v).mean())
             row["score_seconds"] = round(time.perf_counter() - started, 1)
             rows.append(row)
             print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),

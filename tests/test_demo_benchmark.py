@@ -13,7 +13,7 @@ demo = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(demo)
 
 
-def fake_run(folder: Path, val_auc=0.98, study_kappa=0.9, pointing=0.85, marker=0.0) -> Path:
+def fake_run(folder: Path, val_auc=0.98, study_kappa=0.9, pointing=0.85, marker=0.0, n_images=60) -> Path:
     folder.mkdir(parents=True)
     level = lambda auc, kappa: {"auc": auc, "kappa": kappa}  # noqa: E731
     (folder / "metrics.json").write_text(json.dumps({
@@ -21,8 +21,9 @@ def fake_run(folder: Path, val_auc=0.98, study_kappa=0.9, pointing=0.85, marker=
         "test": {"image": level(0.97, 0.82), "study": level(0.99, study_kappa)},
         "threshold": 0.42, "epochs_run": 13, "best_epoch": 12, "train_seconds": 500.0}))
     pd.DataFrame([
-        {"method": "gradcam", "layer": "relu", "pointing_game": pointing, "distractor_peak": marker},
-        {"method": "random_grid", "layer": "relu", "pointing_game": 0.1, "distractor_peak": 0.02},
+        {"method": "gradcam", "layer": "relu", "pointing_game": pointing, "distractor_peak": marker,
+         "n_images": n_images},
+        {"method": "random_grid", "layer": "relu", "pointing_game": 0.1, "distractor_peak": 0.02, "n_images": n_images},
     ]).to_csv(folder / "cam_eval.csv", index=False)
     return folder
 
@@ -82,6 +83,33 @@ def test_tables_accumulate_per_recipe_and_come_back_from_a_log(tmp_path, monkeyp
     monkeypatch.setattr(demo, "recipe", lambda: "recipe-b")
     assert demo.earlier_runs(out, [3]) == []  # another recipe starts a new table
     assert "| validation AUC (image) | 0.980 | 0.970 | 0.990 | ≥ 0.950 |" in out.with_suffix(".md").read_text()
+
+
+def test_reread_takes_the_rescored_numbers_from_the_folders_and_keeps_the_measured_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "recipe", lambda: "recipe-a")
+    out, runs = tmp_path / "seeds.json", tmp_path / "runs"
+    demo.write(demo.table([{"seed": s, **demo.run_numbers(fake_run(runs / f"r{s}", pointing=0.7, n_images=60)),
+                            "demo_seconds": t} for s, t in [(1, 1000.0), (2, 1200.0)]], 55.0), out)
+    for s, p in [(1, 0.75), (2, 0.8125)]:  # cam --evaluate again, now on all 80 positives
+        pd.DataFrame([{"method": "gradcam", "layer": "relu", "pointing_game": p, "distractor_peak": 0.0,
+                       "n_images": 80}]).to_csv(runs / f"r{s}" / "cam_eval.csv", index=False)
+    result = demo.reread(out, runs)
+    assert [r["pointing_game"] for r in result["runs"]] == [0.75, 0.8125]
+    assert [r["demo_seconds"] for r in result["runs"]] == [1000.0, 1200.0] and result["setup_seconds"] == 55.0
+    assert result["summary"]["pointing_game"]["min"] == 0.75
+    text = demo.markdown(result)
+    assert "counts 80 positive test images" in text and "re-read from the run folders" in text
+
+
+def test_the_recipe_fingerprint_covers_how_the_pointing_game_is_scored(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo.yaml").write_text("seed: 1\n")
+    makefile = "SYNTH_ARGS := --patients 150\ndemo:\n\t$(PY) -m fracture cam --run x --evaluate --limit 60\n"
+    (tmp_path / "Makefile").write_text(makefile)
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    first = demo.recipe()
+    (tmp_path / "Makefile").write_text(makefile.replace(" --limit 60", ""))
+    assert demo.recipe() != first
 
 
 def test_check_ignores_the_range_of_another_recipe(tmp_path, monkeypatch):
