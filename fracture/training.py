@@ -184,7 +184,6 @@ def train(cfg) -> Path:
 
 def _train(cfg, run_dir: Path, frame: pd.DataFrame, dist) -> Path:
     from fracture import resume  # here, not at the top: it loads Keras, which this module does not
-    # here, not at the top: it loads Keras, which this module does not
     from fracture.model import build_model, summary_text
 
     runkind.refuse_other_kind(run_dir, "train")
