@@ -195,12 +195,16 @@ def write_docs(result: dict) -> list[Path]:
     """README's short table and docs/demo.md's per-seed table, rewritten from `result`."""
     from fracture.fileio import atomic_write_text
 
-    written = []
-    for path, markers, body in [(ROOT / "README.md", README_MARKERS, readme_table(result)),
-                                (ROOT / "docs" / "demo.md", DOCS_MARKERS, markdown(result))]:
-        atomic_write_text(path, replace_block(path.read_text(), markers, body))
-        written.append(path)
-    return written
+    targets = [(ROOT / "README.md", README_MARKERS, readme_table(result)),
+               (ROOT / "docs" / "demo.md", DOCS_MARKERS, markdown(result))]
+    texts = [path.read_text() for path, _, _ in targets]
+    for (path, markers, _), text in zip(targets, texts):
+        if not all(marker in text for marker in markers):  # checked for both files before writing either
+            raise SystemExit(f"{path} lacks the lines {markers[0]} and {markers[1]} that mark where the "
+                             "table goes: put them back around the table (nothing was written)")
+    for (path, markers, body), text in zip(targets, texts):
+        atomic_write_text(path, replace_block(text, markers, body))
+    return [path for path, _, _ in targets]
 
 
 def recipe() -> str:
@@ -214,9 +218,20 @@ def recipe() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def machines(runs: list[dict]) -> str:
+    """The CPU every seed ran on, from its own metrics.json: seeds added to a table on another
+    machine must not be credited to this one."""
+    seeds_by_cpu: dict[str, list[int]] = {}
+    for r in runs:
+        seeds_by_cpu.setdefault(r.get("machine", {}).get("cpu_model") or cpu_model(), []).append(r["seed"])
+    if len(seeds_by_cpu) == 1:
+        return next(iter(seeds_by_cpu))
+    return "; ".join(f"{cpu} (seeds {', '.join(map(str, seeds))})" for cpu, seeds in seeds_by_cpu.items())
+
+
 def table(runs: list[dict], setup_seconds: float) -> dict:
     runs = sorted(runs, key=lambda r: r["seed"])
-    return {"date": date.today().isoformat(), "recipe": recipe(), "cpu": cpu_model(), "cores": os.cpu_count(),
+    return {"date": date.today().isoformat(), "recipe": recipe(), "cpu": machines(runs), "cores": os.cpu_count(),
             "versions": versions(), "setup_seconds": round(setup_seconds, 1), "runs": runs,
             "summary": summarize(runs)}
 

@@ -25,8 +25,8 @@
 # **Time and hardware:** with `profile = "full"` this notebook uses the demo recipe
 # (`configs/demo.yaml`: DenseNet121 from scratch on the synthetic MURA-format data of `make data`).
 # If `make demo` already trained that recipe, the notebook reuses its run and finishes in about a
-# minute on a 2-core CPU; training it here takes 14-20 epochs (seed 1: 14 epochs, 15 min on that CPU;
-# docs/demo.md).
+# minute on a 2-core CPU; training it here takes 16-23 epochs (seed 1: 20 epochs, 9 min on a 2-core
+# AMD EPYC; docs/demo.md).
 # `profile = "smoke"` runs a 48-px, 2-epoch model in about a minute: it checks that every cell
 # works, nothing more. The cost of the real recipe (MURA humerus, 224 px,
 # 40 epochs) is estimated at the end.

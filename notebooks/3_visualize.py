@@ -42,7 +42,7 @@ sanity_methods = ["gradcam", "layercam"]  # methods put through the weight-rando
 sanity_layers = ["relu", "pool4_relu"]  # layers of the sanity check
 sanity_images = 4  # test images of the sanity check, half abnormal
 localization_layers = ["relu", "pool4_relu"]  # layers scored against the fracture boxes
-localization_images = 60  # positive test images scored; 0 = all (92 on the demo data, as `make demo` scores)
+localization_images = 0  # positive test images scored; 0 = all (92 on the demo data, as `make demo` scores them)
 
 # %% [markdown]
 # ## Setup

@@ -148,3 +148,25 @@ def test_the_repos_readme_and_docs_quote_the_stored_seed_table():
     readme, docs = (ROOT / "README.md").read_text(), (ROOT / "docs" / "demo.md").read_text()
     assert demo.readme_table(result) in readme
     assert demo.markdown(result).strip() in docs
+
+
+def test_the_table_names_each_seeds_own_cpu_when_seeds_come_from_two_machines(monkeypatch):
+    monkeypatch.setattr(demo, "cpu_model", lambda: "This CPU")
+    run = lambda seed, cpu: {"seed": seed, "machine": {"cpu_model": cpu} if cpu else {}}  # noqa: E731
+    assert demo.machines([run(1, "AMD EPYC"), run(2, "AMD EPYC")]) == "AMD EPYC"
+    mixed = demo.machines([run(1, "Intel(R) Xeon(R) Processor"), run(2, "AMD EPYC"), run(3, "AMD EPYC")])
+    assert mixed == "Intel(R) Xeon(R) Processor (seeds 1); AMD EPYC (seeds 2, 3)"
+    assert demo.machines([run(4, None)]) == "This CPU"  # an older run without the record: this machine
+
+
+def test_docs_without_their_table_markers_stop_with_a_message_and_nothing_written(tmp_path, monkeypatch):
+    runs = [{"seed": 1, **demo.run_numbers(fake_run(tmp_path / "r1")), "demo_seconds": 700.0}]
+    result = demo.table(runs, 0.0)
+    (tmp_path / "docs").mkdir()
+    readme = "intro\n<!-- demo-table -->\nold\n<!-- /demo-table -->\n"
+    (tmp_path / "README.md").write_text(readme)
+    (tmp_path / "docs" / "demo.md").write_text("a page whose table lost its markers\n")
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="lacks the lines <!-- seeds -->"):
+        demo.write_docs(result)
+    assert (tmp_path / "README.md").read_text() == readme  # README, checked first, was not rewritten either
