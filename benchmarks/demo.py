@@ -208,12 +208,16 @@ def write_docs(result: dict) -> list[Path]:
 
 
 def recipe() -> str:
-    """A fingerprint of what the demo trains and how it is scored: configs/demo.yaml, `make data`'s
-    arguments and `make demo`'s `cam --evaluate` line (which test positives the pointing game uses)."""
+    """A fingerprint of what the demo trains and how it is scored: the settings in configs/demo.yaml
+    (parsed, so a reworded comment keeps the table), `make data`'s arguments and `make demo`'s
+    `cam --evaluate` line (which test positives the pointing game uses)."""
+    import yaml
+
     makefile = (ROOT / "Makefile").read_text()
     synth_args = re.search(r"^SYNTH_ARGS :=(.*)$", makefile, re.M)
     cam_line = re.search(r"^\t.*-m fracture cam .*--evaluate.*$", makefile, re.M)
-    text = (ROOT / "configs" / "demo.yaml").read_text() + (synth_args.group(1) if synth_args else "")
+    settings = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    text = json.dumps(settings, sort_keys=True) + (synth_args.group(1) if synth_args else "")
     text += cam_line.group(0).strip() if cam_line else ""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -112,6 +112,19 @@ def test_the_recipe_fingerprint_covers_how_the_pointing_game_is_scored(tmp_path,
     assert demo.recipe() != first
 
 
+def test_the_recipe_fingerprint_follows_the_settings_not_the_comments(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "Makefile").write_text("SYNTH_ARGS := --patients 150\n")
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    config = tmp_path / "configs" / "demo.yaml"
+    config.write_text("# why: a first reason\nseed: 1\ntranslate: 0.1\n")
+    first = demo.recipe()
+    config.write_text("# why, said better\nseed: 1\ntranslate: 0.1  # shifts\n")
+    assert demo.recipe() == first
+    config.write_text("seed: 1\ntranslate: 0.05\n")
+    assert demo.recipe() != first
+
+
 def test_check_ignores_the_range_of_another_recipe(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "recipe", lambda: "recipe-a")
     results = tmp_path / "seeds.json"
