@@ -211,12 +211,12 @@ def recipe() -> str:
     """A fingerprint of what the demo trains and how it is scored: the settings in configs/demo.yaml
     (parsed, so a reworded comment keeps the table), `make data`'s arguments and `make demo`'s
     `cam --evaluate` line (which test positives the pointing game uses)."""
-    import yaml
+    from fracture.config import read_yaml  # the loader `train --config` uses (a key given twice is an error)
 
     makefile = (ROOT / "Makefile").read_text()
     synth_args = re.search(r"^SYNTH_ARGS :=(.*)$", makefile, re.M)
     cam_line = re.search(r"^\t.*-m fracture cam .*--evaluate.*$", makefile, re.M)
-    settings = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    settings = read_yaml(ROOT / "configs" / "demo.yaml")
     text = json.dumps(settings, sort_keys=True) + (synth_args.group(1) if synth_args else "")
     text += cam_line.group(0).strip() if cam_line else ""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
